@@ -1,0 +1,172 @@
+"""Benchmark our Triton flash-attention against PyTorch SDPA, measured in the same run.
+
+On CUDA: causal attention in bf16 at seq 1k-8k and head_dim 64/128, batch chosen so every
+config holds ~16k tokens (heads x head_dim = 2048, a ~1B model's width); SDPA is pinned to its
+FlashAttention backend. Reports forward and forward+backward TFLOP/s and ours/SDPA ratios.
+
+Without CUDA it runs a tiny fp32 config through Triton's interpreter so the command is proven
+end to end; those timings say nothing about GPU speed.
+
+The last line of output is a JSON object (per-config results, `ratio_fwd`, `ratio_fwd_bwd`).
+Record GPU numbers in bench/RESULTS.md with date and hardware.
+
+    python bench/attention.py                      # full sweep on a GPU, tiny on CPU
+    python bench/attention.py --seq 2048 --head-dims 128 --dtype fp16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    # Before the kernel module is imported: @triton.jit picks interpreter mode at decoration.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from llm_core.attention import attention  # noqa: E402
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+TOKENS_PER_CONFIG = 16384
+MODEL_WIDTH = 2048
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seq", type=int, nargs="+", help="sequence lengths (default 1024 2048 4096 8192)")
+    parser.add_argument("--head-dims", type=int, nargs="+", help="head dims (default 64 128)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on CUDA, fp32 with --tiny")
+    parser.add_argument("--tiny", action="store_true", help="seq 64/128, head_dim 32/64, fp32 (forced without CUDA)")
+    parser.add_argument("--no-causal", dest="causal", action="store_false", help="full instead of causal attention")
+    args = parser.parse_args(argv)
+    args.tiny = args.tiny or not HAS_CUDA
+    args.seq = args.seq or ([64, 128] if args.tiny else [1024, 2048, 4096, 8192])
+    args.head_dims = args.head_dims or ([32, 64] if args.tiny else [64, 128])
+    args.dtype = args.dtype or ("fp32" if args.tiny else "bf16")
+    return args
+
+
+def _shape(seq: int, head_dim: int, tiny: bool) -> tuple[int, int]:
+    """(batch, heads) for one config."""
+    if tiny:
+        return 1, 2
+    return max(1, TOKENS_PER_CONFIG // seq), MODEL_WIDTH // head_dim
+
+
+def _flops(batch: int, heads: int, seq: int, head_dim: int, causal: bool) -> tuple[float, float]:
+    # Two matmuls of 2*S*S*D each per head; causal skips half; the backward is 2.5x the forward
+    # (four matmuls plus recomputing QK^T), the convention of the FlashAttention papers.
+    fwd = 4.0 * batch * heads * seq * seq * head_dim * (0.5 if causal else 1.0)
+    return fwd, 3.5 * fwd
+
+
+def _time_ms(fn, tiny: bool) -> float:
+    if not tiny:
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100)
+    fn()
+    reps = 2
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps * 1e3
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def _run_config(seq: int, head_dim: int, dtype: torch.dtype, causal: bool, tiny: bool) -> dict:
+    batch, heads = _shape(seq, head_dim, tiny)
+    device = "cuda" if HAS_CUDA else "cpu"
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v, do = (
+        torch.randn(batch, heads, seq, head_dim, device=device, dtype=dtype, generator=gen) for _ in range(4)
+    )
+    for x in (q, k, v):
+        x.requires_grad_(True)
+
+    def fwd(backend):
+        return lambda: attention(q, k, v, causal=causal, backend=backend)
+
+    def fwd_bwd(backend):
+        def step():
+            out = attention(q, k, v, causal=causal, backend=backend)
+            # Gradients w.r.t. the inputs only, so nothing accumulates into .grad between reps.
+            torch.autograd.grad(out, (q, k, v), do)
+
+        return step
+
+    def timed(make, backend):
+        if HAS_CUDA and backend == "sdpa":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return _time_ms(make(backend), tiny)
+        return _time_ms(make(backend), tiny)
+
+    with torch.no_grad():
+        max_diff = (attention(q, k, v, causal=causal, backend="triton").float()
+                    - attention(q, k, v, causal=causal, backend="sdpa").float()).abs().max().item()
+    flops_fwd, flops_fwd_bwd = _flops(batch, heads, seq, head_dim, causal)
+    ms = {
+        "ours_fwd": timed(fwd, "triton"),
+        "sdpa_fwd": timed(fwd, "sdpa"),
+        "ours_fwd_bwd": timed(fwd_bwd, "triton"),
+        "sdpa_fwd_bwd": timed(fwd_bwd, "sdpa"),
+    }
+    tflops = {name: (flops_fwd if name.endswith("_fwd") else flops_fwd_bwd) / t / 1e9 for name, t in ms.items()}
+    return {
+        "seq": seq,
+        "head_dim": head_dim,
+        "batch": batch,
+        "heads": heads,
+        **{f"{name}_ms": _sig(t) for name, t in ms.items()},
+        **{f"{name}_tflops": _sig(t) for name, t in tflops.items()},
+        "ratio_fwd": _sig(tflops["ours_fwd"] / tflops["sdpa_fwd"]),
+        "ratio_fwd_bwd": _sig(tflops["ours_fwd_bwd"] / tflops["sdpa_fwd_bwd"]),
+        "max_abs_diff_vs_sdpa": max_diff,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parse_args(argv)
+    dtype = DTYPES[args.dtype]
+    device_name = torch.cuda.get_device_name() if HAS_CUDA else f"cpu ({platform.processor() or platform.machine()})"
+    mode = "triton interpreter, timings not meaningful" if not HAS_CUDA else "cuda"
+    print(f"attention benchmark on {device_name} [{mode}], dtype={args.dtype}, causal={args.causal}")
+    header = (f"{'seq':>6} {'hdim':>5} {'batch':>5} {'heads':>5} | {'ours fwd':>9} {'sdpa fwd':>9} {'ratio':>6} | "
+              f"{'ours f+b':>9} {'sdpa f+b':>9} {'ratio':>6} | {'max diff':>8}")
+    print(header + "\n" + "-" * len(header))
+    results = []
+    for head_dim in args.head_dims:
+        for seq in args.seq:
+            r = _run_config(seq, head_dim, dtype, args.causal, args.tiny)
+            results.append(r)
+            print(f"{seq:>6} {head_dim:>5} {r['batch']:>5} {r['heads']:>5} | "
+                  f"{r['ours_fwd_tflops']:>9.3g} {r['sdpa_fwd_tflops']:>9.3g} {r['ratio_fwd']:>6.2f} | "
+                  f"{r['ours_fwd_bwd_tflops']:>9.3g} {r['sdpa_fwd_bwd_tflops']:>9.3g} {r['ratio_fwd_bwd']:>6.2f} | "
+                  f"{r['max_abs_diff_vs_sdpa']:>8.1e}", flush=True)
+    print("(TFLOP/s; ratio = ours / sdpa)")
+    summary = {
+        "benchmark": "attention",
+        "device": device_name,
+        "interpreter": not HAS_CUDA,
+        "dtype": args.dtype,
+        "causal": args.causal,
+        "torch": torch.__version__,
+        "results": results,
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

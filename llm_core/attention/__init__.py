@@ -1,0 +1,102 @@
+"""The one place where the model's attention is computed.
+
+`attention(q, k, v, causal=True, backend=...)` picks an implementation; everything else in the
+code base calls this function and never an implementation directly:
+
+- ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (FlashAttention / cuDNN /
+  math kernels, chosen by PyTorch). The default.
+- ``"triton"``: our Flash-Attention-2 kernel in :mod:`llm_core.attention.flash`.
+- ``"naive"``: the fp32 reference in :mod:`llm_core.attention.naive`.
+
+Shapes: q is (batch, heads, seq_q, head_dim); k and v are (batch, kv_heads, seq_k, head_dim)
+with kv_heads dividing heads (GQA; kv_heads == 1 is MQA). The output has q's shape and dtype.
+
+Causal masking is bottom-right aligned when seq_q != seq_k, as in flash-attn: query i attends
+key j iff j <= i + seq_k - seq_q, so a decode step (seq_q == 1) sees the whole KV cache and a
+chunked prefill sees the cache plus its own causal prefix. Query rows that see no key (only
+possible when seq_q > seq_k) return zeros. All backends agree on this.
+
+Only torch is imported here; triton is imported on first use of the triton backend, so this
+module loads on machines without triton.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .naive import causal_mask, naive_attention
+
+BACKENDS = ("sdpa", "triton", "naive")
+
+__all__ = ["BACKENDS", "attention", "causal_mask", "naive_attention"]
+
+
+def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            "attention expects 4-D tensors q (batch, heads, seq_q, head_dim) and k, v "
+            f"(batch, kv_heads, seq_k, head_dim); got q{tuple(q.shape)}, k{tuple(k.shape)}, v{tuple(v.shape)}"
+        )
+    if k.shape != v.shape:
+        raise ValueError(f"attention: k and v must have the same shape; got k{tuple(k.shape)}, v{tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(
+            "attention: q and k must agree on batch and head_dim; "
+            f"got q{tuple(q.shape)}, k{tuple(k.shape)}"
+        )
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
+        raise ValueError(
+            f"attention: kv_heads ({k.shape[1]}) must divide heads ({q.shape[1]}) for grouped-query attention"
+        )
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None) -> torch.Tensor:
+    seq_q, seq_k = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if not causal or seq_q == 1:
+        # A single query row is the last one, so bottom-right causal lets it see every key.
+        return F.scaled_dot_product_attention(q, k, v, is_causal=False, scale=scale, enable_gqa=gqa)
+    if seq_q == seq_k:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    # SDPA's is_causal is top-left aligned, so the offset diagonal needs an explicit mask.
+    mask = causal_mask(seq_q, seq_k, device=q.device)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    if seq_q > seq_k:
+        # Rows with no visible key: the math kernel gives zeros, the fused ones may give NaN.
+        out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    return out
+
+
+def _triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None) -> torch.Tensor:
+    try:
+        from .flash import flash_attention
+    except ImportError as exc:
+        raise ImportError(
+            "attention backend 'triton' needs the triton package (pip install triton, Linux only); "
+            f"use backend='sdpa' instead ({exc})"
+        ) from exc
+    return flash_attention(q, k, v, causal=causal, scale=scale)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = True,
+    backend: str = "sdpa",
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Scaled dot-product attention with GQA and bottom-right causal masking.
+
+    q: (batch, heads, seq_q, head_dim); k, v: (batch, kv_heads, seq_k, head_dim).
+    Returns (batch, heads, seq_q, head_dim). ``scale`` defaults to 1/sqrt(head_dim).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; allowed values: {', '.join(BACKENDS)}")
+    _check_shapes(q, k, v)
+    if backend == "sdpa":
+        return _sdpa(q, k, v, causal, scale)
+    if backend == "triton":
+        return _triton(q, k, v, causal, scale)
+    return naive_attention(q, k, v, causal=causal, scale=scale)

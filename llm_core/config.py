@@ -1,0 +1,475 @@
+"""The one reader of params.yaml: typed sections, model presets and validation.
+
+Every other module receives these dataclasses; nothing else parses YAML. A wrong key, type or value fails here,
+before any work, with a message that names the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the key and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class SourceConfig:
+    """Where one dataset comes from. Keys that do not apply to the chosen source are ignored."""
+
+    source: str = "synthetic"  # synthetic | local | url | hf
+    num_docs: int = 1000  # synthetic: how many documents / conversations / items to generate
+    paths: list[str] = field(default_factory=list)  # local: files or globs (txt, jsonl, parquet)
+    encoding: str = "utf-8"  # local/url: text encoding of the files
+    url: str = ""  # url: http(s) address of a txt / jsonl / parquet file
+    sha256: str = ""  # url: expected checksum of the download (empty = not checked)
+    hf_path: str = ""  # hf: dataset name on the hub (or a local dataset folder)
+    hf_name: str = ""  # hf: dataset config name
+    hf_split: str = "train"  # hf: split to stream
+    column: str = ""  # text column (pretrain: "text", sft: "messages"); empty = the dataset kind's default
+    max_docs: int = 0  # stop after this many documents (0 = no limit)
+    max_bytes: int = 0  # stop after this many UTF-8 bytes of text (0 = no limit)
+
+    def validate(self, prefix: str) -> None:
+        _choice(f"{prefix}.source", self.source, ("synthetic", "local", "url", "hf"))
+        _at_least(f"{prefix}.num_docs", self.num_docs, 1)
+        _at_least(f"{prefix}.max_docs", self.max_docs, 0)
+        _at_least(f"{prefix}.max_bytes", self.max_bytes, 0)
+        try:
+            "".encode(self.encoding)
+        except LookupError:
+            raise ParamsError(f"params.yaml: {prefix}.encoding: unknown text encoding {self.encoding!r} "
+                              "(use a Python codec name such as utf-8, cp1252, latin-1)") from None
+        if self.source == "local" and not self.paths:
+            raise ParamsError(f"params.yaml: {prefix}.source=local needs {prefix}.paths "
+                              "(a list of files or globs of .txt, .jsonl or .parquet)")
+        if self.source == "url" and not self.url:
+            raise ParamsError(f"params.yaml: {prefix}.source=url needs {prefix}.url")
+        if self.source == "hf" and not self.hf_path:
+            raise ParamsError(f"params.yaml: {prefix}.source=hf needs {prefix}.hf_path (e.g. roneneldan/TinyStories)")
+
+
+@dataclass
+class DataConfig(SourceConfig):
+    """The pretraining corpus at top level, the SFT chats and HellaSwag items in their own sub-sections."""
+
+    num_docs: int = 20000
+    seed: int = 1234  # seeds the built-in world and the train/val split
+    val_fraction: float = 0.02  # share of documents held out for validation
+    sft: SourceConfig = field(default_factory=lambda: SourceConfig(num_docs=4000))
+    hellaswag: SourceConfig = field(default_factory=lambda: SourceConfig(num_docs=500))
+
+    def validate(self, prefix: str = "data") -> None:
+        super().validate(prefix)
+        self.sft.validate(f"{prefix}.sft")
+        self.hellaswag.validate(f"{prefix}.hellaswag")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ParamsError(f"params.yaml: data.val_fraction must be in (0, 0.5) (got {self.val_fraction})")
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 2048  # including the special tokens
+    min_frequency: int = 2  # a pair must occur this often to be merged
+    train_bytes: int = 0  # train on at most this many bytes of the corpus (0 = all of it)
+
+    def validate(self) -> None:
+        _at_least("tokenizer.vocab_size", self.vocab_size, 300)
+        _at_least("tokenizer.min_frequency", self.min_frequency, 1)
+        _at_least("tokenizer.train_bytes", self.train_bytes, 0)
+
+
+@dataclass
+class TokenizeConfig:
+    shard_tokens: int = 10_000_000  # tokens per .npy shard
+    workers: int | str = "auto"  # encoding threads: auto = all cores
+
+    def validate(self) -> None:
+        _at_least("tokenize.shard_tokens", self.shard_tokens, 1024)
+        _auto_or_int("tokenize.workers", self.workers)
+
+    def num_workers(self) -> int:
+        return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
+
+
+@dataclass
+class ModelConfig:
+    """The Transformer's shape. `vocab_size` comes from the tokenizer, not from params.yaml."""
+
+    preset: str = "tiny"
+    n_layers: int | None = None
+    d_model: int | None = None
+    n_heads: int | None = None
+    n_kv_heads: int | None = None  # < n_heads: grouped-query attention; 1: multi-query
+    ffn_hidden: int | None = None  # SwiGLU hidden width; null = 8/3 * d_model rounded up to a multiple of 64
+    max_seq_len: int | None = None  # longest context; RoPE tables are built for it
+    rope_theta: float | None = None
+    norm_eps: float | None = None
+    tie_embeddings: bool | None = None  # share the input embedding with the output head
+    qk_norm: bool | None = None  # RMSNorm on queries and keys per head
+    attention: str = "sdpa"  # sdpa | triton | naive
+    vocab_size: int = 0
+
+    def resolved(self, vocab_size: int) -> "ModelConfig":
+        """The preset with explicit keys applied on top, plus derived fields."""
+        if self.preset not in PRESETS:
+            raise ParamsError(f"params.yaml: model.preset must be one of {sorted(PRESETS)} (got {self.preset!r})")
+        merged = dict(PRESETS[self.preset])
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and f.name in merged:
+                merged[f.name] = value
+        if merged["n_kv_heads"] is None:
+            merged["n_kv_heads"] = merged["n_heads"]
+        if merged["ffn_hidden"] is None:
+            merged["ffn_hidden"] = _round_up(int(8 * merged["d_model"] / 3), 64)
+        cfg = ModelConfig(preset=self.preset, attention=self.attention, vocab_size=vocab_size, **merged)
+        cfg.validate()
+        return cfg
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def validate(self) -> None:
+        from_attention = ("sdpa", "triton", "naive")
+        _choice("model.attention", self.attention, from_attention)
+        if self.preset not in PRESETS:
+            raise ParamsError(f"params.yaml: model.preset must be one of {sorted(PRESETS)} (got {self.preset!r})")
+        if not self.vocab_size:  # not resolved yet: explicit keys only
+            for key in ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_hidden", "max_seq_len"):
+                value = getattr(self, key)
+                if value is not None:
+                    _at_least(f"model.{key}", value, 1)
+            return
+        for key in ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_hidden", "max_seq_len"):
+            _at_least(f"model.{key}", getattr(self, key), 1)
+        if self.d_model % self.n_heads:
+            raise ParamsError(f"params.yaml: model.d_model ({self.d_model}) must be divisible by model.n_heads "
+                              f"({self.n_heads})")
+        if self.n_heads % self.n_kv_heads:
+            raise ParamsError(f"params.yaml: model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads "
+                              f"({self.n_kv_heads})")
+        if self.head_dim % 2:
+            raise ParamsError(f"params.yaml: model head dim d_model/n_heads = {self.head_dim} must be even for RoPE")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Parameter count from the shape alone (tied head counted once)."""
+        d, hd = self.d_model, self.head_dim
+        attn = d * (self.n_heads * hd) * 2 + d * (self.n_kv_heads * hd) * 2
+        mlp = 3 * d * self.ffn_hidden
+        norms = 2 * d + (2 * hd if self.qk_norm else 0)
+        body = self.n_layers * (attn + mlp + norms) + d
+        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return body + (emb if embeddings else (0 if self.tie_embeddings else self.vocab_size * d))
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward = 3x forward), PaLM appendix B style:
+        6 * (non-embedding params + output head) + the attention score/value matmuls."""
+        n = self.num_params(embeddings=False) + (self.vocab_size * self.d_model if self.tie_embeddings else 0)
+        attn = 12 * self.n_layers * self.d_model * seq_len / 2  # causal: half the score matrix is computed
+        return 6 * n + attn
+
+
+# Sizes from the CPU default up to ~1.3B. GPT-2-like widths so results compare with the literature.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(n_layers=4, d_model=192, n_heads=6, n_kv_heads=2, ffn_hidden=512, max_seq_len=256,
+                 rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False),
+    "small": dict(n_layers=6, d_model=256, n_heads=8, n_kv_heads=4, ffn_hidden=None, max_seq_len=512,
+                  rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False),
+    "124m": dict(n_layers=12, d_model=768, n_heads=12, n_kv_heads=12, ffn_hidden=2048, max_seq_len=1024,
+                 rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False),
+    "350m": dict(n_layers=24, d_model=1024, n_heads=16, n_kv_heads=8, ffn_hidden=2816, max_seq_len=2048,
+                 rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False),
+    "774m": dict(n_layers=36, d_model=1280, n_heads=20, n_kv_heads=4, ffn_hidden=3456, max_seq_len=2048,
+                 rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False),
+    "1.3b": dict(n_layers=24, d_model=2048, n_heads=16, n_kv_heads=8, ffn_hidden=5632, max_seq_len=2048,
+                 rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=False, qk_norm=False),
+}
+
+
+@dataclass
+class TrainConfig:
+    """One schema for pretraining and SFT: both run through the same loop."""
+
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 16  # sequences per micro-batch per rank
+    seq_len: int = 256  # tokens per sequence (<= model max_seq_len)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    optimizer: str = "adamw"  # adamw | muon
+    lr: float = 3e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | wsd | constant
+    weight_decay: float = 0.1  # on 2-D weights only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    eval_every: int = 100  # steps between validation passes
+    eval_batches: int = 8  # micro-batches per validation pass
+    checkpoint_every: int = 200  # steps between checkpoints
+    keep_checkpoints: int = 2  # newest complete checkpoints kept
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    compile: str | bool = "auto"  # auto (on CUDA) | true | false
+    seed: int = 1337
+    threads: int | str = "auto"  # CPU threads for torch (auto = all cores)
+    on_nonfinite: str = "halt"  # a NaN/inf loss or grad norm: halt (keep the last good checkpoint) | skip the step
+
+    def validate(self, prefix: str) -> None:
+        for key in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
+                    "checkpoint_every", "keep_checkpoints"):
+            _at_least(f"{prefix}.{key}", getattr(self, key), 1)
+        _at_least(f"{prefix}.warmup_steps", self.warmup_steps, 0)
+        _choice(f"{prefix}.optimizer", self.optimizer, ("adamw", "muon"))
+        _choice(f"{prefix}.schedule", self.schedule, ("cosine", "wsd", "constant"))
+        _choice(f"{prefix}.on_nonfinite", self.on_nonfinite, ("halt", "skip"))
+        _choice(f"{prefix}.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _choice(f"{prefix}.compile", self.compile, ("auto", True, False))
+        _auto_or_int(f"{prefix}.threads", self.threads)
+        if not self.lr > 0:
+            raise ParamsError(f"params.yaml: {prefix}.lr must be > 0 (got {self.lr})")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ParamsError(f"params.yaml: {prefix}.min_lr_ratio must be between 0 and 1 (got {self.min_lr_ratio})")
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ParamsError(f"params.yaml: {prefix}.{key} must be in [0, 1) (got {getattr(self, key)})")
+        for key in ("weight_decay", "grad_clip"):
+            _at_least(f"{prefix}.{key}", getattr(self, key), 0)
+
+
+@dataclass
+class ParallelConfig:
+    mode: str = "none"  # none | ddp | zero1 | fsdp
+    nproc: int | str = "auto"  # processes per node: auto = all GPUs (1 on CPU), or an int
+    nnodes: int = 1  # machines taking part
+    node_rank: int = 0  # this machine's index (multi-node)
+    rdzv_endpoint: str = "127.0.0.1:29500"  # host:port of the c10d rendezvous (multi-node: node 0's address)
+    rdzv_id: str = "llm-run"  # job id shared by all nodes
+    backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+
+    def validate(self) -> None:
+        _choice("parallel.mode", self.mode, ("none", "ddp", "zero1", "fsdp"))
+        _auto_or_int("parallel.nproc", self.nproc)
+        _at_least("parallel.nnodes", self.nnodes, 1)
+        _at_least("parallel.node_rank", self.node_rank, 0)
+        _choice("parallel.backend", self.backend, ("auto", "nccl", "gloo"))
+        if self.node_rank >= self.nnodes:
+            raise ParamsError(f"params.yaml: parallel.node_rank ({self.node_rank}) must be < parallel.nnodes "
+                              f"({self.nnodes})")
+
+
+@dataclass
+class EvalConfig:
+    model: str = "pretrain"  # which checkpoint to score: pretrain | sft
+    max_items: int = 0  # score at most this many items (0 = all)
+    batch_size: int = 32  # items per forward pass
+
+    def validate(self) -> None:
+        _choice("eval.model", self.model, ("pretrain", "sft"))
+        _at_least("eval.max_items", self.max_items, 0)
+        _at_least("eval.batch_size", self.batch_size, 1)
+
+
+@dataclass
+class SampleConfig:
+    model: str = "sft"  # pretrain | sft
+    prompts: list[str] = field(default_factory=lambda: ["Once upon a time"])  # plain text continuations
+    chat_prompts: list[str] = field(default_factory=list)  # user messages rendered through the chat template
+    max_new_tokens: int = 96
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 50  # 0 = off
+    top_p: float = 0.95  # 1.0 = off
+    repetition_penalty: float = 1.1  # 1.0 = off
+    seed: int = 42
+
+    def validate(self) -> None:
+        _choice("sample.model", self.model, ("pretrain", "sft"))
+        _at_least("sample.max_new_tokens", self.max_new_tokens, 1)
+        _at_least("sample.temperature", self.temperature, 0)
+        _at_least("sample.top_k", self.top_k, 0)
+        if not 0 < self.top_p <= 1:
+            raise ParamsError(f"params.yaml: sample.top_p must be in (0, 1] (got {self.top_p})")
+        if not self.repetition_penalty > 0:
+            raise ParamsError(f"params.yaml: sample.repetition_penalty must be > 0 (got {self.repetition_penalty})")
+        if not (self.prompts or self.chat_prompts):
+            raise ParamsError("params.yaml: sample needs at least one entry in sample.prompts or sample.chat_prompts")
+
+
+@dataclass
+class Params:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    sft: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.tokenizer.validate()
+        self.tokenize.validate()
+        self.model.validate()
+        shape = self.model.resolved(vocab_size=256)  # shape errors surface now, not when training starts
+        for name in ("pretrain", "sft"):
+            if getattr(self, name).seq_len > shape.max_seq_len:
+                raise ParamsError(f"params.yaml: {name}.seq_len ({getattr(self, name).seq_len}) exceeds the model's "
+                                  f"max_seq_len ({shape.max_seq_len}); lower it or set model.max_seq_len")
+        self.pretrain.validate("pretrain")
+        self.sft.validate("sft")
+        self.parallel.validate()
+        self.eval.validate()
+        self.sample.validate()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None = None) -> Params:
+    """Read params.yaml into typed sections; `overrides` maps dotted keys to values (tests, benchmarks)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run from the repository root (where params.yaml lives)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must be a mapping of sections (data, model, pretrain, ...)")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    params = _build(Params, raw, "")
+    params.validate()
+    return params
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: {prefix or 'top level'} must be a mapping (got {type(raw).__name__})")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "vocab_size" or cls is not ModelConfig}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ParamsError(f"params.yaml: unknown key {where}{unknown[0]} (allowed in "
+                          f"{prefix or 'the top level'}: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(key, hints[name], value)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return _coerce(key, opt, value)
+            except ParamsError as e:
+                errors.append(e)
+        names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+        raise ParamsError(f"params.yaml: {key} must be {names} (got {value!r})")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if value is None:
+            return []
+        if isinstance(value, str):  # a single path or prompt is a list of one
+            value = [value]
+        if not isinstance(value, list):
+            raise ParamsError(f"params.yaml: {key} must be a list (got {value!r})")
+        return [_coerce(f"{key}[{i}]", item, v) for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ParamsError(f"params.yaml: {key} must be true or false (got {value!r})")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ParamsError(f"params.yaml: {key} must be an integer (got {value!r})")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ParamsError(f"params.yaml: {key} must be a number (got {value!r})")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ParamsError(f"params.yaml: {key} must be a string (got {value!r})")
+    raise AssertionError(f"unsupported type {hint} for {key}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        shown = ", ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)
+        raise ParamsError(f"params.yaml: {key} must be one of {shown} (got {value!r})")
+
+
+def _at_least(key: str, value: Any, minimum: float) -> None:
+    if value < minimum:
+        raise ParamsError(f"params.yaml: {key} must be >= {minimum} (got {value})")
+
+
+def _auto_or_int(key: str, value: Any) -> None:
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParamsError(f"params.yaml: {key} must be auto or an integer >= 1 (got {value!r})")
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return (x + multiple - 1) // multiple * multiple
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of config objects / dicts / strings: decides whether a checkpoint belongs to this run."""
+    def plain(x):
+        return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x
+    blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

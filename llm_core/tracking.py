@@ -1,0 +1,130 @@
+"""Logging: dvclive curves and a progress bar on rank 0, throughput and MFU.
+
+Only rank 0 writes (every other rank gets a tracker that does nothing), so curves and metrics are never
+interleaved or duplicated across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+# Dense bf16 peak FLOP/s by device name (vendor datasheets); MFU is reported only where the peak is known.
+PEAK_BF16_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "H800": 989e12, "GH200": 989e12, "A100": 312e12, "A800": 312e12,
+    "L40S": 362e12, "L4": 121e12, "A10G": 70e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "B200": 2250e12,
+}
+
+
+def peak_flops(device: torch.device, override: float = 0.0) -> float:
+    if override:
+        return override
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):  # "GH200" before "H200"
+        if key in name:
+            return PEAK_BF16_FLOPS[key]
+    return 0.0
+
+
+class Throughput:
+    """Tokens/s and MFU over the steps since the last call (the first call measures from construction)."""
+
+    def __init__(self, flops_per_token: float, peak: float, world: int = 1):
+        self.flops_per_token, self.peak, self.world = flops_per_token, peak, world
+        self.t0 = time.perf_counter()
+        self.tokens = 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def read(self) -> dict:
+        now = time.perf_counter()
+        dt = max(now - self.t0, 1e-9)
+        tps = self.tokens / dt
+        out = {"tokens_per_sec": tps}
+        if self.peak:
+            out["mfu"] = self.flops_per_token * tps / (self.peak * self.world)
+        self.t0, self.tokens = now, 0
+        return out
+
+
+class Tracker:
+    def __init__(self, live_dir: str | Path | None, enabled: bool, resume: bool, total: int, start: int, desc: str):
+        self.enabled = enabled
+        self.live = None
+        self.bar = None
+        if not enabled:
+            return
+        if live_dir is not None:
+            if resume:
+                truncate_history(Path(live_dir), start)
+            self.live = _live_class()(str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)
+        self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=None, dynamic_ncols=True)
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        if self.live is not None:
+            self.live.step = step
+            for key, value in metrics.items():
+                self.live.log_metric(key, float(value))
+            self.live.next_step()
+
+    def progress(self, n: int = 1, **postfix) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in postfix.items()},
+                                     refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.live is not None:
+            self.live.end()
+
+
+def truncate_history(live_dir: Path, step: int) -> None:
+    """Drop curve points after `step`: a run killed after its last checkpoint logged steps it will redo."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        lines = tsv.read_text().splitlines(keepends=True)
+        if not lines:
+            continue
+        col = lines[0].rstrip("\n").split("\t").index("step")
+        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) <= step]
+        if len(kept) != len(lines):
+            tsv.write_text("".join(kept))
+
+
+def _live_class():
+    from dvclive import Live  # imported on rank 0 only: it is slow to import
+
+    class SafeLive(Live):
+        def _init_dvc(self):
+            # dvclive inspects the git/DVC repo to link experiments; in a repo without commits (a fresh `git init`)
+            # that raises. The curves are plain files that dvc.yaml declares, so they do not need the link.
+            try:
+                super()._init_dvc()
+            except Exception as e:  # noqa: BLE001
+                import logging
+
+                logging.getLogger(__name__).warning("dvclive: repository introspection failed (%s); logging files only", e)
+
+    return SafeLive
+
+
+def write_metrics(path: str | Path, metrics: dict) -> None:
+    """Flat JSON, written atomically: `dvc metrics diff` reads it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    clean = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
+    tmp.write_text(json.dumps(clean, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,205 @@
+"""THE training loop, shared by pretraining and SFT in every parallel mode.
+
+Pretraining and SFT differ only in their rows (token windows vs packed chats with masked targets) and in where the
+weights start; parallelism is a wrapping choice made in `distributed.wrap`. A run resumes from its newest complete
+checkpoint when the checkpoint's fingerprint (model + training config + data) equals this run's; otherwise it starts
+fresh, so editing params never silently continues an unrelated run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llm_core import checkpoint, distributed, optim
+from llm_core.config import ModelConfig, ParallelConfig, TrainConfig, fingerprint
+from llm_core.loader import IGNORE, Loader, Rows
+from llm_core.model import Transformer
+from llm_core.tracking import Throughput, Tracker, peak_flops
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+@dataclass
+class Job:
+    """Everything one training run needs besides the configs."""
+
+    train_rows: Rows
+    val_rows: Rows | None
+    out_dir: Path  # checkpoints/ and the final model go here
+    live_dir: Path | None  # dvclive folder (curves)
+    token_bytes: np.ndarray | None = None  # bytes per token id, for bits-per-byte
+    init_from: Path | None = None  # start from these weights (SFT starts from the pretrained model)
+    data_fingerprint: str = ""
+    desc: str = "train"
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    choice = cfg.precision
+    if choice == "auto":
+        choice = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    # logits in fp32 for the softmax: bf16 log-probs of a 50k vocab are too coarse
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE,
+                           reduction=reduction)
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, parallel: ParallelConfig, job: Job) -> dict:
+    ctx = distributed.setup(parallel.backend)
+    if cfg.threads != "auto":
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.seq_len > model_cfg.max_seq_len:
+        raise ValueError(f"params.yaml: {job.desc}.seq_len ({cfg.seq_len}) exceeds model.max_seq_len "
+                         f"({model_cfg.max_seq_len}); lower it or raise model.max_seq_len")
+    device = ctx.device
+    amp_dtype = resolve_precision(cfg, device)
+    ckpt_root = job.out_dir / "checkpoints"
+    run_id = fingerprint(model_cfg, {k: v for k, v in asdict(cfg).items() if k != "threads"}, job.data_fingerprint,
+                         parallel.mode)
+
+    torch.manual_seed(cfg.seed)
+    model = Transformer(model_cfg)
+    if job.init_from is not None:
+        model.load_state_dict(checkpoint.load_model(job.init_from, attention=model_cfg.attention).state_dict())
+    model.to(device)
+    optimizers = optim.build_optimizers(model, cfg, device.type)
+    train_loader = Loader(job.train_rows, cfg.batch_size, ctx.rank, ctx.world, seed=cfg.seed)
+
+    # resume only a run with the same fingerprint that has not finished
+    state = {"step": 0, "tokens": 0, "skipped_steps": 0}
+    latest = checkpoint.latest_checkpoint(ckpt_root)
+    resumed = False
+    if latest is not None:
+        saved = checkpoint.read_state(latest)
+        if saved.get("fingerprint") == run_id and saved["step"] < cfg.steps:
+            state = checkpoint.load_checkpoint(latest, model, optimizers)
+            train_loader.load_state_dict(state["loader"])
+            resumed = True
+        elif ctx.is_main:
+            shutil.rmtree(ckpt_root)  # another config's checkpoints: this run starts over
+    distributed.barrier(ctx)
+
+    step_model = distributed.wrap(model, parallel.mode, ctx)
+    if cfg.compile is True or (cfg.compile == "auto" and device.type == "cuda"):
+        step_model = torch.compile(step_model)
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    val_loader = (Loader(job.val_rows, cfg.batch_size, ctx.rank, ctx.world, shuffle=False)
+                  if job.val_rows is not None and len(job.val_rows) >= cfg.batch_size * ctx.world else None)
+    token_bytes = torch.as_tensor(job.token_bytes, device=device) if job.token_bytes is not None else None
+    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * ctx.world
+    meter = Throughput(model_cfg.flops_per_token(cfg.seq_len), peak_flops(device), ctx.world)
+    tracker = Tracker(job.live_dir, ctx.is_main, resume=resumed, total=cfg.steps, start=state["step"], desc=job.desc)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def evaluate() -> dict:
+        if val_loader is None:
+            return {}
+        step_model.eval()
+        sums = torch.zeros(3, device=device, dtype=torch.float64)  # nats, counted tokens, bytes
+        with torch.no_grad(), autocast:
+            for x, y in val_loader.eval_batches(cfg.eval_batches):
+                x, y = x.to(device), y.to(device)
+                losses = loss_fn(step_model(x), y, reduction="none")
+                mask = y.reshape(-1) != IGNORE
+                sums[0] += losses[mask].sum().double()
+                sums[1] += mask.sum()
+                if token_bytes is not None:
+                    # special tokens stand for no text: they count neither bits nor bytes (nanochat's convention)
+                    nb = token_bytes[y.reshape(-1).clamp(min=0)] * mask
+                    sums[2] += nb.sum()
+                    sums[0] -= losses[mask & (nb == 0)].sum().double()
+        distributed.all_reduce_sum(sums, ctx)
+        step_model.train()
+        out = {"val/loss": (sums[0] / sums[1].clamp(min=1)).item()}
+        if token_bytes is not None and sums[2] > 0:
+            out["val/bpb"] = (sums[0] / (math.log(2) * sums[2])).item()
+        return out
+
+    last_train_loss = float("nan")
+    last_val: dict = {}
+    t_start = time.perf_counter()
+    step_model.train()
+    while state["step"] < cfg.steps:
+        step = state["step"]
+        lr = optim.set_lr(optimizers, optim.lr_factor(step, cfg))
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(cfg.grad_accum):
+            x, y = train_loader.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # DDP: all-reduce gradients only on the last micro-batch of the step
+            sync = (micro == cfg.grad_accum - 1 or not hasattr(step_model, "no_sync"))
+            with (contextlib.nullcontext() if sync else step_model.no_sync()), autocast:
+                loss = loss_fn(step_model(x), y)
+            (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        train_loss = loss_sum / cfg.grad_accum
+        check = torch.stack([train_loss.float(), grad_norm.float()])
+        distributed.all_reduce_sum(check, ctx)  # every rank sees the same verdict
+        if not torch.isfinite(check).all():
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            if cfg.on_nonfinite == "halt":
+                tracker.close()
+                raise NonFiniteError(
+                    f"{job.desc}: non-finite loss or grad norm at step {step}; stopped. The last good checkpoint is "
+                    f"kept in {ckpt_root}. Lower {job.desc}.lr, raise warmup, or set {job.desc}.on_nonfinite: skip")
+            state["skipped_steps"] += 1
+        else:
+            for opt in optimizers:
+                opt.step()
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        state["step"] = step + 1
+        state["tokens"] += tokens_per_step
+        meter.add(tokens_per_step)
+
+        last_train_loss = check[0].item() / ctx.world
+        metrics = {"train/loss": last_train_loss, "train/lr": lr, "train/grad_norm": check[1].item() / ctx.world,
+                   **{f"train/{k}": v for k, v in meter.read().items()}}
+        if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
+            last_val = evaluate()
+            metrics.update(last_val)
+        tracker.log(state["step"], metrics)
+        tracker.progress(1, loss=last_train_loss, lr=lr)
+        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
+            state["fingerprint"] = run_id
+            state["loader"] = train_loader.state_dict()
+            if ctx.is_main:
+                checkpoint.save_checkpoint(ckpt_root, state["step"], model, optimizers, state, cfg.keep_checkpoints)
+            distributed.barrier(ctx)
+
+    elapsed = time.perf_counter() - t_start
+    result = {"train_loss": last_train_loss, "steps": state["step"], "tokens": state["tokens"],
+              "skipped_steps": state["skipped_steps"], "num_params": model.num_params()}
+    if "val/loss" in last_val:
+        result["val_loss"] = last_val["val/loss"]
+    if "val/bpb" in last_val:
+        result["val_bpb"] = last_val["val/bpb"]
+    if elapsed > 0 and not resumed:
+        result["tokens_per_sec"] = state["tokens"] / elapsed
+    elif elapsed > 0:
+        result["tokens_per_sec"] = (state["tokens"] - checkpoint.read_state(latest)["tokens"]) / elapsed
+    peak = peak_flops(device)
+    if peak:
+        result["mfu"] = model_cfg.flops_per_token(cfg.seq_len) * result["tokens_per_sec"] / (peak * ctx.world)
+    if ctx.is_main:
+        checkpoint.save_final(job.out_dir, model, result)
+    tracker.close()
+    distributed.barrier(ctx)
+    return result

@@ -1,0 +1,36 @@
+"""Stage eval_hellaswag: score a model on HellaSwag-format items -> metrics/hellaswag.json (acc, acc_norm)."""
+
+import argparse
+
+import torch
+
+from llm_core import checkpoint, distributed, hellaswag, sources
+from llm_core.config import load_params
+from llm_core.tokenizer import Tokenizer
+from llm_core.tracking import write_metrics
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--items", required=True, help="downloaded HellaSwag items, e.g. data/raw/hellaswag")
+    ap.add_argument("--metrics", required=True)
+    args = ap.parse_args()
+    params = load_params()
+    ctx = distributed.setup(params.parallel.backend)
+    tok = Tokenizer.from_dir(args.tokenizer)
+    model = checkpoint.load_model(args.model, attention=params.model.attention).to(ctx.device)
+    items = list(sources.read_dataset(args.items, "val", "download_hellaswag"))
+    if params.eval.max_items:
+        items = items[:params.eval.max_items]
+    with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
+        result = hellaswag.score_items(model, items, tok, params.eval.batch_size, ctx)
+    if ctx.is_main:
+        write_metrics(args.metrics, {**result, "model": params.eval.model})
+        print(result)
+    distributed.teardown()
+
+
+if __name__ == "__main__":
+    main()

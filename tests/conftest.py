@@ -1,0 +1,33 @@
+"""Shared fixtures: a throwaway tokenizer trained in-process and a tiny model config."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run in its CPU interpreter; the flag must be set before any kernel is decorated
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def stories():
+    from llm_core import synthetic
+
+    texts, _ = synthetic.generate_stories(7, 400)
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory, stories):
+    from llm_core.tokenizer import train_tokenizer
+
+    return train_tokenizer(stories, 512, tmp_path_factory.mktemp("tok"))

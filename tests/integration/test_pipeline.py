@@ -1,0 +1,99 @@
+"""The real `dvc repro` on a copy of the repository with a tiny params override."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {
+    "data": {"num_docs": 300, "sft": {"num_docs": 120}, "hellaswag": {"num_docs": 24}, "val_fraction": 0.1},
+    "tokenizer": {"vocab_size": 400},
+    "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 64},
+    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "eval_batches": 2,
+                 "checkpoint_every": 3, "warmup_steps": 2},
+    "sft": {"steps": 3, "batch_size": 4, "seq_len": 64, "eval_every": 3, "eval_batches": 1, "warmup_steps": 1},
+    "sample": {"max_new_tokens": 8},
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return base
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
+    return out
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("pipeline")
+    for name in ("stages", "llm_core", "dvc.yaml", "pyproject.toml"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
+    shutil.copytree(ROOT / ".dvc", dst / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], dst)
+    return dst
+
+
+@pytest.mark.slow
+def test_repro_end_to_end_then_incremental(repo: Path):
+    dvc = [sys.executable, "-m", "dvc"]
+    out = run(dvc + ["repro"], repo)
+    assert set(ran_stages(out)) == {"download_pretrain", "download_sft", "download_hellaswag", "train_tokenizer",
+                                    "tokenize", "pretrain", "sft", "eval_hellaswag", "sample"}
+    pre = json.loads((repo / "metrics/pretrain.json").read_text())
+    for key in ("train_loss", "val_loss", "val_bpb", "entropy_floor_bpb", "unigram_bpb", "tokens", "tokens_per_sec"):
+        assert key in pre, key
+    sft = json.loads((repo / "metrics/sft.json").read_text())
+    assert {"train_loss", "val_loss", "tokens"} <= set(sft)
+    hs = json.loads((repo / "metrics/hellaswag.json").read_text())
+    assert hs["num_items"] == 24 and 0 <= hs["acc"] <= 1 and 0 <= hs["acc_norm"] <= 1
+    samples = json.loads((repo / "metrics/samples.json").read_text())
+    assert samples["num_samples"] == 3 and samples["tokens_per_sec"] > 0
+    assert (repo / "models/pretrain/model.safetensors").exists()
+    assert (repo / "dvclive/pretrain/plots/metrics/train/loss.tsv").exists()
+
+    assert ran_stages(run(dvc + ["repro"], repo)) == []  # nothing changed: nothing runs
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["sample"]["temperature"] = 0.5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(run(dvc + ["repro"], repo)) == ["sample"]
+    status = run(dvc + ["status"], repo)
+    assert "up to date" in status
+
+
+@pytest.mark.slow
+def test_bad_params_stop_before_work_and_keep_outputs(repo: Path):
+    before = (repo / "metrics/pretrain.json").read_text()
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["pretrain"]["warmup_steps"] = -5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "pretrain"], cwd=repo, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode != 0
+    assert "pretrain.warmup_steps must be >= 0 (got -5)" in proc.stdout + proc.stderr
+    assert (repo / "metrics/pretrain.json").read_text() == before
+    assert (repo / "models/pretrain/model.safetensors").exists()
