@@ -10,8 +10,12 @@ ranks share the work. The state is just (epoch, cursor): a resumed loader contin
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 IGNORE = -1  # target id excluded from the loss
 
@@ -56,9 +60,13 @@ class PackedRows(Rows):
         self.y: list | np.ndarray = []
         rows_t: list[list[int]] = []
         rows_m: list[list[int]] = []
+        self.skipped_too_long = 0
         for a, b in zip(offsets[:-1], offsets[1:]):
-            t = [int(x) for x in tokens[a:min(b, a + row_len)]]  # an over-long conversation is truncated
-            m = [int(x) for x in mask[a:min(b, a + row_len)]]
+            if b - a > row_len:  # cutting a chat would separate answers from their questions: leave it out
+                self.skipped_too_long += 1
+                continue
+            t = [int(x) for x in tokens[a:b]]
+            m = [int(x) for x in mask[a:b]]
             for rt, rm in zip(rows_t, rows_m):
                 if len(rt) + len(t) <= row_len:
                     rt.extend(t)
@@ -72,7 +80,10 @@ class PackedRows(Rows):
         for rt, rm in zip(rows_t, rows_m):
             self._finish(rt, rm, row_len, pad_id)
         if not self.x:
-            raise ValueError("no SFT conversations to train on; check data.sft")
+            raise ValueError(f"no SFT conversation fits in seq_len + 1 = {row_len} tokens ({self.skipped_too_long} "
+                             "too long); raise sft.seq_len (and model.max_seq_len) or use shorter chats")
+        if self.skipped_too_long:
+            log.warning("%d conversations longer than %d tokens left out", self.skipped_too_long, row_len)
         self.x, self.y = np.stack(self.x), np.stack(self.y)
 
     def _finish(self, t, m, row_len, pad_id):

@@ -66,11 +66,16 @@ class Tracker:
             if resume:
                 truncate_history(Path(live_dir), start)
             self.live = _live_class()(str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)
+        self.desc, self.total = desc, total
         self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=None, dynamic_ncols=True)
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
+        if self.bar is not None and self.bar.disable and any(k.startswith("val/") for k in metrics):
+            # no terminal (e.g. under `dvc repro` in CI): a plain line at each validation instead of a bar
+            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            print(f"{self.desc} step {step}/{self.total}: {shown}", flush=True)
         if self.live is not None:
             self.live.step = step
             for key, value in metrics.items():

@@ -54,8 +54,13 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     # logits in fp32 for the softmax: bf16 log-probs of a 50k vocab are too coarse
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE,
-                           reduction=reduction)
+    flat = targets.reshape(-1)
+    losses = F.cross_entropy(logits.float().view(-1, logits.size(-1)), flat, ignore_index=IGNORE,
+                             reduction="none" if reduction == "none" else "sum")
+    if reduction != "mean":
+        return losses
+    # a batch with no target token (all masked) contributes zero loss instead of 0/0 = NaN
+    return losses / (flat != IGNORE).sum().clamp(min=1)
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, parallel: ParallelConfig, job: Job) -> dict:
@@ -100,7 +105,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, parallel: ParallelConfig, jo
                 else contextlib.nullcontext())
     val_loader = (Loader(job.val_rows, cfg.batch_size, ctx.rank, ctx.world, shuffle=False)
                   if job.val_rows is not None and len(job.val_rows) >= cfg.batch_size * ctx.world else None)
-    token_bytes = torch.as_tensor(job.token_bytes, device=device) if job.token_bytes is not None else None
+    token_bytes = torch.tensor(job.token_bytes, device=device) if job.token_bytes is not None else None
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * ctx.world
     meter = Throughput(model_cfg.flops_per_token(cfg.seq_len), peak_flops(device), ctx.world)
     tracker = Tracker(job.live_dir, ctx.is_main, resume=resumed, total=cfg.steps, start=state["step"], desc=job.desc)

@@ -27,7 +27,16 @@ def stories():
 
 
 @pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory, stories):
+def tokenizer_dir(tmp_path_factory, stories):
     from llm_core.tokenizer import train_tokenizer
 
-    return train_tokenizer(stories, 512, tmp_path_factory.mktemp("tok"))
+    out = tmp_path_factory.mktemp("tok")
+    train_tokenizer(stories, 512, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from llm_core.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(tokenizer_dir)

@@ -20,6 +20,7 @@ Measured on: not yet measured on a GPU; see bench/RESULTS.md.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -31,7 +32,6 @@ __all__ = ["flash_attention"]
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_LOG2E = 1.4426950408889634  # the kernels use exp2, so scores are kept in log2 units
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def _attn_fwd(
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    qk_scale = scale * 1.4426950408889634
+    qk_scale = scale * 1.4426950408889634  # log2(e): scores live in base 2, exp2 is native
 
     # Bottom-right causal: query i sees keys j <= i + causal_offset.
     causal_offset = seq_k - seq_q
@@ -238,7 +238,7 @@ def _attn_bwd_dkdv(
     ).to(DOT_DTYPE)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    qk_scale = scale * 1.4426950408889634
+    qk_scale = scale * 1.4426950408889634  # log2(e): scores live in base 2, exp2 is native
 
     causal_offset = seq_k - seq_q
     if CAUSAL:
@@ -346,7 +346,7 @@ def _attn_bwd_dq(
     k_base = K + off_b * stride_kb + off_hk * stride_kh
     v_base = V + off_b * stride_vb + off_hk * stride_vh
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    qk_scale = scale * 1.4426950408889634
+    qk_scale = scale * 1.4426950408889634  # log2(e): scores live in base 2, exp2 is native
 
     causal_offset = seq_k - seq_q
     full_tail = (seq_k // BLOCK_N) * BLOCK_N
@@ -384,27 +384,30 @@ def _launch_config(q: torch.Tensor, head_dim: int) -> dict[str, dict[str, int]]:
     """Block sizes and pipelining per kernel.
 
     Under the interpreter every program is simulated in numpy, so small blocks keep CPU tests
-    fast. On GPUs the sizes target H100/H200 (228 KB shared memory per SM, 64K registers);
-    parts with less shared memory, and fp32 (twice the bytes per tile), get shallower pipelines
-    and smaller tiles so the kernels still fit. Fixed, not autotuned: seq_k changes at every
-    decode step and re-tuning per length would cost more than it saves.
+    fast. The CUDA sizes target H100/H200 and were chosen from sm_90 compiles (ptxas -v): the
+    16-bit forward and the head_dim <= 64 backward do not spill; the head_dim 128 backward
+    spills ~100 bytes, less than any other tile shape tried that keeps 64 keys per program.
+    Shared memory stays under 72 KB, so every sm_80+ part fits. fp32 (twice the bytes per
+    tile) is the accuracy path and gets small tiles. Fixed rather than autotuned: seq_k grows
+    at every decode step, and re-tuning per length would cost more than it saves.
     """
     if _interpreting() or q.device.type != "cuda":
         small = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
         return {"fwd": small, "dkdv": small, "dq": small, "pre": {"BLOCK_M": 16}}
-    big_smem = torch.cuda.get_device_capability(q.device) in ((8, 0), (9, 0), (10, 0))
     wide = head_dim > 64
     warps = 8 if wide else 4
     if q.element_size() == 4:
         fwd = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": warps, "num_stages": 2}
-        bwd = {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": warps, "num_stages": 2}
-    elif big_smem:
-        fwd = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": warps, "num_stages": 3 if wide else 4}
-        bwd = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": warps, "num_stages": 2 if wide else 3}
+        dkdv = dq = {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": warps, "num_stages": 2}
+    elif wide:
+        fwd = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+        dkdv = {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
+        dq = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2}
     else:
-        fwd = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
-        bwd = {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
-    return {"fwd": fwd, "dkdv": bwd, "dq": bwd, "pre": {"BLOCK_M": 128}}
+        fwd = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 4}
+        dkdv = {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+        dq = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+    return {"fwd": fwd, "dkdv": dkdv, "dq": dq, "pre": {"BLOCK_M": 128}}
 
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
@@ -424,6 +427,11 @@ def _dtype_args(dtype: torch.dtype) -> dict:
     return {"DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "IO_DTYPE": io, "DOT_DTYPE": dot}
 
 
+def _on_device(t: torch.Tensor):
+    # Triton launches on the current CUDA device, which need not be the tensors' device.
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, scale):
@@ -437,14 +445,15 @@ class _FlashAttention(torch.autograd.Function):
         lse = torch.empty((batch, num_heads, seq_q), device=q.device, dtype=torch.float32)
         fwd = cfg["fwd"]
         grid = (triton.cdiv(seq_q, fwd["BLOCK_M"]), batch * num_heads)
-        _attn_fwd[grid](
-            q, k, v, o, lse, scale,
-            *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-            num_heads, seq_q, seq_k,
-            GROUP=group, HEAD_DIM=head_dim, BLOCK_M=fwd["BLOCK_M"], BLOCK_N=fwd["BLOCK_N"],
-            CAUSAL=causal, **dtypes,
-            num_warps=fwd["num_warps"], num_stages=fwd["num_stages"],
-        )
+        with _on_device(q):
+            _attn_fwd[grid](
+                q, k, v, o, lse, scale,
+                *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+                num_heads, seq_q, seq_k,
+                GROUP=group, HEAD_DIM=head_dim, BLOCK_M=fwd["BLOCK_M"], BLOCK_N=fwd["BLOCK_N"],
+                CAUSAL=causal, **dtypes,
+                num_warps=fwd["num_warps"], num_stages=fwd["num_stages"],
+            )
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal = causal
         ctx.scale = scale
@@ -461,34 +470,35 @@ class _FlashAttention(torch.autograd.Function):
         if do.dtype != q.dtype:
             do = do.to(q.dtype)
 
-        delta = torch.empty_like(lse)
-        pre = cfg["pre"]
-        _attn_bwd_preprocess[(triton.cdiv(seq_q, pre["BLOCK_M"]), batch * num_heads)](
-            o, do, delta, *o.stride(), *do.stride(), num_heads, seq_q,
-            HEAD_DIM=head_dim, BLOCK_M=pre["BLOCK_M"],
-        )
+        with _on_device(q):
+            delta = torch.empty_like(lse)
+            pre = cfg["pre"]
+            _attn_bwd_preprocess[(triton.cdiv(seq_q, pre["BLOCK_M"]), batch * num_heads)](
+                o, do, delta, *o.stride(), *do.stride(), num_heads, seq_q,
+                HEAD_DIM=head_dim, BLOCK_M=pre["BLOCK_M"],
+            )
 
-        dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-        dk = torch.empty_like(k, memory_format=torch.contiguous_format)
-        dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-        kv = cfg["dkdv"]
-        _attn_bwd_dkdv[(triton.cdiv(seq_k, kv["BLOCK_N"]), batch * num_kv_heads)](
-            q, k, v, do, lse, delta, dk, dv, ctx.scale,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-            num_heads, num_kv_heads, seq_q, seq_k,
-            GROUP=group, HEAD_DIM=head_dim, BLOCK_M=kv["BLOCK_M"], BLOCK_N=kv["BLOCK_N"],
-            CAUSAL=ctx.causal, **dtypes,
-            num_warps=kv["num_warps"], num_stages=kv["num_stages"],
-        )
-        qc = cfg["dq"]
-        _attn_bwd_dq[(triton.cdiv(seq_q, qc["BLOCK_M"]), batch * num_heads)](
-            q, k, v, do, lse, delta, dq, ctx.scale,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
-            num_heads, seq_q, seq_k,
-            GROUP=group, HEAD_DIM=head_dim, BLOCK_M=qc["BLOCK_M"], BLOCK_N=qc["BLOCK_N"],
-            CAUSAL=ctx.causal, **dtypes,
-            num_warps=qc["num_warps"], num_stages=qc["num_stages"],
-        )
+            dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+            dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+            dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+            kv = cfg["dkdv"]
+            _attn_bwd_dkdv[(triton.cdiv(seq_k, kv["BLOCK_N"]), batch * num_kv_heads)](
+                q, k, v, do, lse, delta, dk, dv, ctx.scale,
+                *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
+                num_heads, num_kv_heads, seq_q, seq_k,
+                GROUP=group, HEAD_DIM=head_dim, BLOCK_M=kv["BLOCK_M"], BLOCK_N=kv["BLOCK_N"],
+                CAUSAL=ctx.causal, **dtypes,
+                num_warps=kv["num_warps"], num_stages=kv["num_stages"],
+            )
+            qc = cfg["dq"]
+            _attn_bwd_dq[(triton.cdiv(seq_q, qc["BLOCK_M"]), batch * num_heads)](
+                q, k, v, do, lse, delta, dq, ctx.scale,
+                *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
+                num_heads, seq_q, seq_k,
+                GROUP=group, HEAD_DIM=head_dim, BLOCK_M=qc["BLOCK_M"], BLOCK_N=qc["BLOCK_N"],
+                CAUSAL=ctx.causal, **dtypes,
+                num_warps=qc["num_warps"], num_stages=qc["num_stages"],
+            )
         return dq, dk, dv, None, None
 
 

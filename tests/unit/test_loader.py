@@ -59,3 +59,12 @@ def test_too_little_data_is_a_clear_error():
         StreamRows([np.arange(5, dtype=np.uint16)], seq_len=16)
     with pytest.raises(ValueError, match="fewer than one global batch"):
         Loader(StreamRows(stream(100), seq_len=16), 8)
+
+
+def test_overlong_conversations_are_left_out_not_cut():
+    tokens = np.arange(12, dtype=np.uint16)
+    mask = np.ones(12, dtype=np.uint8)
+    rows = PackedRows(tokens, mask, np.array([0, 3, 12]), seq_len=4, pad_id=0)
+    assert len(rows) == 1 and rows.skipped_too_long == 1
+    with pytest.raises(ValueError, match="raise sft.seq_len"):
+        PackedRows(tokens, mask, np.array([0, 12]), seq_len=4, pad_id=0)
