@@ -407,7 +407,7 @@ def _launch_config(q: torch.Tensor, head_dim: int) -> dict[str, dict[str, int]]:
         fwd = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 4}
         dkdv = {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
         dq = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
-    return {"fwd": fwd, "dkdv": dkdv, "dq": dq, "pre": {"BLOCK_M": 128}}
+    return {"fwd": fwd, "dkdv": dkdv, "dq": dq, "pre": {"BLOCK_M": 64}}
 
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
