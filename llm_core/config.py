@@ -192,7 +192,7 @@ class ModelConfig:
 
 # Sizes from the CPU default up to ~1.3B. GPT-2-like widths so results compare with the literature.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(n_layers=4, d_model=192, n_heads=6, n_kv_heads=2, ffn_hidden=512, max_seq_len=256,
+    "tiny": dict(n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, ffn_hidden=384, max_seq_len=256,
                  rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False),
     "small": dict(n_layers=6, d_model=256, n_heads=8, n_kv_heads=4, ffn_hidden=None, max_seq_len=512,
                   rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False),
