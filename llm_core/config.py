@@ -88,17 +88,21 @@ class TokenizerConfig:
     vocab_size: int = 2048  # including the special tokens
     min_frequency: int = 2  # a pair must occur this often to be merged
     train_bytes: int = 0  # train on at most this many bytes of the corpus (0 = all of it)
+    source: str = "train"  # train (BPE on our corpus) | tiktoken:<encoding>, e.g. tiktoken:gpt2, tiktoken:cl100k_base
 
     def validate(self) -> None:
         _at_least("tokenizer.vocab_size", self.vocab_size, 300)
         _at_least("tokenizer.min_frequency", self.min_frequency, 1)
         _at_least("tokenizer.train_bytes", self.train_bytes, 0)
+        if self.source != "train" and not (self.source.startswith("tiktoken:") and self.source[len("tiktoken:"):]):
+            raise ParamsError(f"params.yaml: tokenizer.source must be train or tiktoken:<encoding> such as "
+                              f"tiktoken:gpt2 or tiktoken:cl100k_base (got {self.source!r})")
 
 
 @dataclass
 class TokenizeConfig:
     shard_tokens: int = 10_000_000  # tokens per .npy shard
-    workers: int | str = "auto"  # encoding threads: auto = all cores
+    workers: int | str = "auto"  # encoding processes: auto = all cores
 
     def validate(self) -> None:
         _at_least("tokenize.shard_tokens", self.shard_tokens, 1024)
@@ -123,6 +127,7 @@ class ModelConfig:
     norm_eps: float | None = None
     tie_embeddings: bool | None = None  # share the input embedding with the output head
     qk_norm: bool | None = None  # RMSNorm on queries and keys per head
+    init_std: float | None = None  # std of the normal weight init (residual output projections get a scaled one)
     attention: str = "sdpa"  # sdpa | triton | naive
     vocab_size: int = 0
 
@@ -157,17 +162,22 @@ class ModelConfig:
                 value = getattr(self, key)
                 if value is not None:
                     _at_least(f"model.{key}", value, 1)
+            if self.init_std is not None and not self.init_std > 0:
+                raise ParamsError(f"params.yaml: model.init_std must be > 0 (got {self.init_std})")
             return
         for key in ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_hidden", "max_seq_len"):
             _at_least(f"model.{key}", getattr(self, key), 1)
-        if self.d_model % self.n_heads:
-            raise ParamsError(f"params.yaml: model.d_model ({self.d_model}) must be divisible by model.n_heads "
-                              f"({self.n_heads})")
+        # head grouping first: with a preset's width, a new n_heads / n_kv_heads pair is the likelier mistake
         if self.n_heads % self.n_kv_heads:
             raise ParamsError(f"params.yaml: model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads "
                               f"({self.n_kv_heads})")
+        if self.d_model % self.n_heads:
+            raise ParamsError(f"params.yaml: model.d_model ({self.d_model}) must be divisible by model.n_heads "
+                              f"({self.n_heads})")
         if self.head_dim % 2:
             raise ParamsError(f"params.yaml: model head dim d_model/n_heads = {self.head_dim} must be even for RoPE")
+        if not self.init_std > 0:
+            raise ParamsError(f"params.yaml: model.init_std must be > 0 (got {self.init_std})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -183,27 +193,36 @@ class ModelConfig:
         return body + (emb if embeddings else (0 if self.tie_embeddings else self.vocab_size * d))
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token (forward + backward = 3x forward), PaLM appendix B style:
-        6 * (non-embedding params + output head) + the attention score/value matmuls."""
-        n = self.num_params(embeddings=False) + (self.vocab_size * self.d_model if self.tie_embeddings else 0)
-        attn = 12 * self.n_layers * self.d_model * seq_len / 2  # causal: half the score matrix is computed
-        return 6 * n + attn
+        """Training FLOPs per token, 6N + 12LDT (PaLM appendix B, as nanoGPT and torchtitan count for MFU).
+
+        N counts the weights of every matmul, the output head included even when tied (the lookup of the input
+        embedding and the norms do no matmul); 12LDT is QK^T and PV over the full T x T score matrix, forward and
+        backward. Causal kernels skip half of that matrix, but MFU conventionally counts it all, so MFU figures
+        compare with the literature. Equals a FLOP counter run on the model (tests/unit/test_model.py).
+        """
+        d, hd = self.d_model, self.head_dim
+        per_layer = d * (self.n_heads * hd) * 2 + d * (self.n_kv_heads * hd) * 2 + 3 * d * self.ffn_hidden
+        n = self.n_layers * per_layer + self.vocab_size * d
+        return 6.0 * n + 12.0 * self.n_layers * (self.n_heads * hd) * seq_len
 
 
-# Sizes from the CPU default up to ~1.3B. GPT-2-like widths so results compare with the literature.
+# Sizes from the CPU default up to ~1.3B. GPT-2-like widths so results compare with the literature; the names are the
+# parameter counts with GPT-2's 50257-token vocab (tests/unit/test_model.py checks them). tiny and small are for CPU
+# runs with the built-in ~2k vocab (about 1M and 5M parameters there).
+_BASE = dict(rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False, init_std=0.02)
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, ffn_hidden=384, max_seq_len=256,
-                 rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False),
-    "small": dict(n_layers=6, d_model=256, n_heads=8, n_kv_heads=4, ffn_hidden=None, max_seq_len=512,
-                  rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False),
-    "124m": dict(n_layers=12, d_model=768, n_heads=12, n_kv_heads=12, ffn_hidden=2048, max_seq_len=1024,
-                 rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False),
-    "350m": dict(n_layers=24, d_model=1024, n_heads=16, n_kv_heads=8, ffn_hidden=2816, max_seq_len=2048,
-                 rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False),
-    "774m": dict(n_layers=36, d_model=1280, n_heads=20, n_kv_heads=4, ffn_hidden=3456, max_seq_len=2048,
-                 rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False),
-    "1.3b": dict(n_layers=24, d_model=2048, n_heads=16, n_kv_heads=8, ffn_hidden=5632, max_seq_len=2048,
-                 rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=False, qk_norm=False),
+    "tiny": dict(_BASE, n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, ffn_hidden=384, max_seq_len=256),
+    "small": dict(_BASE, n_layers=6, d_model=256, n_heads=8, n_kv_heads=4, ffn_hidden=None, max_seq_len=512),
+    # GPT-2 small's shape with SwiGLU at 8/3 width: 123.6M
+    "124m": dict(_BASE, n_layers=12, d_model=768, n_heads=12, n_kv_heads=12, ffn_hidden=2048, max_seq_len=1024),
+    # GPT-2 medium's depth and width, GQA 2:1; the FFN (3x) takes back what GQA saves: 353.4M
+    "350m": dict(_BASE, n_layers=24, d_model=1024, n_heads=16, n_kv_heads=8, ffn_hidden=3072, max_seq_len=2048),
+    # GPT-2 large's depth and width, GQA 5:1 (a small decode cache), FFN 3.2x: 772.1M
+    "774m": dict(_BASE, n_layers=36, d_model=1280, n_heads=20, n_kv_heads=4, ffn_hidden=4096, max_seq_len=2048,
+                 rope_theta=500000.0),
+    # head_dim 128 and an untied head, as in Llama (at this size the head is a small share of the weights): 1.34B
+    "1.3b": dict(_BASE, n_layers=24, d_model=2048, n_heads=16, n_kv_heads=8, ffn_hidden=5632, max_seq_len=2048,
+                 rope_theta=500000.0, tie_embeddings=False),
 }
 
 
@@ -214,7 +233,8 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps
     batch_size: int = 16  # sequences per micro-batch per rank
     seq_len: int = 256  # tokens per sequence (<= model max_seq_len)
-    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step (used when global_batch_tokens is 0)
+    global_batch_tokens: int = 0  # tokens per optimizer step over all ranks; > 0 derives grad_accum from it
     optimizer: str = "adamw"  # adamw | muon
     lr: float = 3e-3  # peak learning rate
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
@@ -233,6 +253,20 @@ class TrainConfig:
     seed: int = 1337
     threads: int | str = "auto"  # CPU threads for torch (auto = all cores)
     on_nonfinite: str = "halt"  # a NaN/inf loss or grad norm: halt (keep the last good checkpoint) | skip the step
+    peak_flops: float = 0.0  # the accelerator's peak FLOP/s for MFU (0 = look up the GPU by name)
+
+    def accum_steps(self, world: int, prefix: str) -> int:
+        """Micro-batches per optimizer step on `world` ranks: `grad_accum`, or derived from `global_batch_tokens`."""
+        if not self.global_batch_tokens:
+            return self.grad_accum
+        per_micro = self.batch_size * self.seq_len * world
+        if self.global_batch_tokens % per_micro:
+            raise ParamsError(
+                f"params.yaml: {prefix}.global_batch_tokens ({self.global_batch_tokens}) must be a multiple of "
+                f"{prefix}.batch_size x {prefix}.seq_len x ranks = {self.batch_size} x {self.seq_len} x {world} = "
+                f"{per_micro}; change one of them (or set {prefix}.global_batch_tokens: 0 to use "
+                f"{prefix}.grad_accum)")
+        return self.global_batch_tokens // per_micro
 
     def validate(self, prefix: str) -> None:
         for key in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
@@ -252,8 +286,9 @@ class TrainConfig:
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 raise ParamsError(f"params.yaml: {prefix}.{key} must be in [0, 1) (got {getattr(self, key)})")
-        for key in ("weight_decay", "grad_clip"):
+        for key in ("weight_decay", "grad_clip", "global_batch_tokens", "peak_flops"):
             _at_least(f"{prefix}.{key}", getattr(self, key), 0)
+        self.accum_steps(1, prefix)  # the rank count is known at launch; the per-rank part is checked now
 
 
 @dataclass
@@ -261,7 +296,7 @@ class ParallelConfig:
     mode: str = "none"  # none | ddp | zero1 | fsdp
     nproc: int | str = "auto"  # processes per node: auto = all GPUs (1 on CPU), or an int
     nnodes: int = 1  # machines taking part
-    node_rank: int = 0  # this machine's index (multi-node)
+    node_rank: int | str = 0  # this machine's index (multi-node); auto = $SLURM_NODEID or $NODE_RANK
     rdzv_endpoint: str = "127.0.0.1:29500"  # host:port of the c10d rendezvous (multi-node: node 0's address)
     rdzv_id: str = "llm-run"  # job id shared by all nodes
     backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
@@ -270,9 +305,12 @@ class ParallelConfig:
         _choice("parallel.mode", self.mode, ("none", "ddp", "zero1", "fsdp"))
         _auto_or_int("parallel.nproc", self.nproc)
         _at_least("parallel.nnodes", self.nnodes, 1)
-        _at_least("parallel.node_rank", self.node_rank, 0)
+        if self.node_rank != "auto" and (isinstance(self.node_rank, str) or self.node_rank < 0):
+            raise ParamsError(f"params.yaml: parallel.node_rank must be auto or an integer >= 0 (got {self.node_rank!r})")
         _choice("parallel.backend", self.backend, ("auto", "nccl", "gloo"))
-        if self.node_rank >= self.nnodes:
+        if self.nnodes > 1 and self.mode == "none":
+            raise ParamsError("params.yaml: parallel.nnodes > 1 needs parallel.mode ddp, zero1 or fsdp (got none)")
+        if self.node_rank != "auto" and self.node_rank >= self.nnodes:
             raise ParamsError(f"params.yaml: parallel.node_rank ({self.node_rank}) must be < parallel.nnodes "
                               f"({self.nnodes})")
 

@@ -6,8 +6,8 @@ Design choices, Llama-2 style:
 - grouped-query attention: n_kv_heads <= n_heads (1 = multi-query), attention through one dispatch function;
 - SwiGLU feed-forward; no biases anywhere; optional QK-norm;
 - tied input/output embeddings by default;
-- init: normal(0.02), residual output projections scaled by 1/sqrt(2 * n_layers) (GPT-2) so the residual stream's
-  variance does not grow with depth;
+- init: normal(model.init_std, 0.02 in every preset), residual output projections scaled by 1/sqrt(2 * n_layers)
+  (GPT-2) so the residual stream's variance does not grow with depth;
 - an optional KV cache for decoding: the model writes into it and attends over everything cached so far.
 
 Shapes: B batch, T new tokens, S cached + new tokens, H query heads, K kv heads, D head dim, C d_model, V vocab.
@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llm_core.attention import attention
-from llm_core.config import ModelConfig
+from llm_core.config import PRESETS, ModelConfig
 
 
 class RMSNorm(nn.Module):
@@ -143,7 +143,8 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        std = 0.02
+        # a config.json written before init_std existed has none: those models were initialised with the preset's
+        std = self.cfg.init_std if self.cfg.init_std is not None else PRESETS[self.cfg.preset]["init_std"]
         residual_std = std / math.sqrt(2 * self.cfg.n_layers)
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):

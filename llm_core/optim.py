@@ -34,7 +34,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> tuple[list, list, lis
     return hidden, embed, flat
 
 
-def build_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str) -> list[torch.optim.Optimizer]:
+def build_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str,
+                     shard: bool = False) -> list[torch.optim.Optimizer]:
+    """[Muon (hidden matrices),] AdamW (the rest). `shard` (ZeRO-1): each rank keeps the state of, and updates,
+    only its share of the parameters, then broadcasts them (torch's ZeroRedundancyOptimizer, for both kinds)."""
     hidden, embed, flat = param_groups(model, cfg.weight_decay)
     betas = (cfg.beta1, cfg.beta2)
     # fused AdamW is one kernel per step on CUDA; on CPU foreach is the fast path
@@ -43,12 +46,20 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str) -> li
     if cfg.optimizer == "adamw":
         adam_groups.insert(0, {"params": hidden, "weight_decay": cfg.weight_decay})
     adam_groups = [g for g in adam_groups if g["params"]]
+
+    def make(cls, groups, **kw):
+        if not shard:
+            return cls(groups, **kw)
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer(groups, optimizer_class=cls, **kw)
+
     optimizers: list[torch.optim.Optimizer] = [
-        torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=fused or None,
-                          foreach=None if fused else True)]
+        make(torch.optim.AdamW, adam_groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=fused or None,
+             foreach=None if fused else True)]
     if cfg.optimizer == "muon" and hidden:
-        optimizers.insert(0, torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.95,
-                                              nesterov=True, adjust_lr_fn="match_rms_adamw"))
+        optimizers.insert(0, make(torch.optim.Muon, hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.95,
+                                  nesterov=True, adjust_lr_fn="match_rms_adamw"))
     for opt in optimizers:
         for g in opt.param_groups:
             g["base_lr"] = cfg.lr

@@ -1,27 +1,39 @@
-"""Token shards: writing, the manifest, and verified memory-mapped reading.
+"""Token shards: parallel, resumable writing, the manifest, and verified memory-mapped reading.
 
 Layout of `data/tokens/`:
     pretrain/{train,val}_00000.npy   documents as one stream, each opened by <|bos|>
     sft/{train,val}_tokens.npy, sft/{train,val}_mask.npy, sft/{train,val}_offsets.npy   rendered chats + loss masks
     manifest.json   tokenizer fingerprint, dtype, per-file token counts and sha256
 uint16 when the vocabulary fits in it (half the disk and page cache of uint32), else uint32.
+
+Encoding runs on worker processes (tiktoken's Python-side work and the parquet decoding both hold the GIL, so
+threads do not scale), one parquet row group per task, results taken back in order. Memory stays bounded: a few
+row groups in flight plus at most one shard of tokens. Shards go to a work folder keyed by the tokenizer and the
+input files, with a progress file updated after each shard: a killed run, rerun, continues after the last finished
+shard. The finished folder is swapped in whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from llm_core import chat, sources
 
 MANIFEST = "manifest.json"
-ENCODE_BATCH_DOCS = 512
+PROGRESS = "progress.json"
+FORMAT_VERSION = 2  # part of the work folder key: a change in the shard layout never resumes an old run
+TASKS_IN_FLIGHT = 4  # per worker: enough to keep workers busy, few enough to bound memory
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -41,75 +53,217 @@ def _save(path: Path, array: np.ndarray, files: dict) -> None:
     files[str(path.relative_to(path.parents[1]))] = {"tokens": int(array.shape[0]), "sha256": _sha256(path)}
 
 
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def tokenize_all(raw_pretrain: Path, raw_sft: Path | None, tokenizer, out_dir: Path, shard_tokens: int,
                  workers: int) -> dict:
     """Encode the pretrain corpus (and the SFT chats) into shards; returns the manifest."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "pretrain").mkdir(parents=True)
+    out_dir, raw_pretrain = Path(out_dir), Path(raw_pretrain)
     dtype = token_dtype(tokenizer.vocab_size)
-    files: dict = {}
-    for split in ("train", "val"):
-        _encode_pretrain(raw_pretrain, split, tokenizer, tmp / "pretrain", dtype, shard_tokens, workers, files)
-    if raw_sft is not None:
-        (tmp / "sft").mkdir()
+    tasks = {split: _tasks(raw_pretrain, split) for split in ("train", "val")}
+    key = _run_key(tasks, raw_pretrain, tokenizer, shard_tokens, dtype)
+    work_root = out_dir.with_name(out_dir.name + ".resume.tmp")
+    for stale in work_root.glob("*") if work_root.exists() else []:
+        if stale.name != key:  # another tokenizer or other input: nothing in it can be reused
+            shutil.rmtree(stale)
+    work = work_root / key
+    progress = _load_progress(work)
+    (work / "pretrain").mkdir(parents=True, exist_ok=True)
+    with GroupEncoder.pool(tokenizer, dtype, workers) as encode:
         for split in ("train", "val"):
-            _encode_sft(raw_sft, split, tokenizer, tmp / "sft", dtype, files)
+            _encode_pretrain(tasks[split], split, encode, work, dtype, shard_tokens, progress)
+    files = dict(progress["files"])
     manifest = {"tokenizer_fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
-                "bos_id": tokenizer.bos_id, "dtype": dtype.name, "files": files}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+                "bos_id": tokenizer.bos_id, "dtype": dtype.name}
+    shutil.rmtree(work / "sft", ignore_errors=True)
+    if raw_sft is not None:
+        missing = [r for r in chat.ROLES if f"<|{r}|>" not in tokenizer.special_ids]
+        if missing:  # a pretrained encoding has no role tokens to render chats with
+            manifest["sft_skipped"] = f"tokenizer {tokenizer.name} has no chat role tokens; use tokenizer.source: train"
+        else:
+            (work / "sft").mkdir()
+            for split in ("train", "val"):
+                _encode_sft(Path(raw_sft), split, tokenizer, work / "sft", dtype, files)
+    manifest["files"] = files
+    _write_json(work / MANIFEST, manifest)
+    (work / PROGRESS).unlink()
+    # swap in complete output only: a failed run keeps the previous shards
+    old = out_dir.with_name(out_dir.name + ".old.tmp")
+    shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)  # swap in complete output only: a failed run keeps the previous shards
+        os.replace(out_dir, old)
+    os.replace(work, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(work_root, ignore_errors=True)
     return manifest
 
 
-def _encode_pretrain(raw: Path, split: str, tokenizer, out: Path, dtype, shard_tokens: int, workers: int,
-                     files: dict) -> None:
+def _tasks(raw: Path, split: str) -> list[tuple[str, int]]:
+    """(parquet file, row group) pairs of a split, in corpus order: the unit of work of one encoder process."""
+    return [(str(f), g) for f in sources.split_files(raw, split, "download_pretrain")
+            for g in range(pq.ParquetFile(f).num_row_groups)]
+
+
+def _run_key(tasks: dict, raw: Path, tokenizer, shard_tokens: int, dtype: np.dtype) -> str:
+    """What a finished shard depends on. Input files count by name, size and mtime: hashing them would cost as
+    much reading as a rerun saves."""
+    h = hashlib.sha256(json.dumps([FORMAT_VERSION, tokenizer.fingerprint, shard_tokens, dtype.name]).encode())
+    for f in sorted({f for split in tasks.values() for f, _ in split}):
+        st = os.stat(f)
+        h.update(f"{Path(f).relative_to(raw)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    h.update((raw / "info.json").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _load_progress(work: Path) -> dict:
+    path = work / PROGRESS
+    if path.exists():
+        progress = json.loads(path.read_text())
+        if all((work / name).exists() for name in progress["files"]):
+            return progress
+    shutil.rmtree(work, ignore_errors=True)
+    return {"files": {}, "splits": {}}
+
+
+class GroupEncoder:
+    """Row group -> one token array (each document opened by BOS). Built once per worker process."""
+
+    def __init__(self, encoding, bos_id: int, dtype: np.dtype):
+        self.encoding, self.bos_id, self.dtype = encoding, bos_id, np.dtype(dtype)
+        self._file: tuple[str, pq.ParquetFile] | None = None
+
+    def __call__(self, task: tuple[str, int]) -> np.ndarray:
+        path, group = task
+        if self._file is None or self._file[0] != path:
+            self._file = (path, pq.ParquetFile(path))
+        texts = self._file[1].read_row_group(group, columns=["text"]).column(0).to_pylist()
+        encode = self.encoding.encode_ordinary
+        docs = [encode(t) for t in texts]
+        out = np.empty(sum(map(len, docs)) + len(docs), dtype=self.dtype)
+        pos = 0
+        for ids in docs:
+            out[pos] = self.bos_id
+            out[pos + 1:pos + 1 + len(ids)] = ids
+            pos += 1 + len(ids)
+        return out
+
+    @classmethod
+    def pool(cls, tokenizer, dtype: np.dtype, workers: int) -> _Pool:
+        return _Pool(cls(tokenizer.tiktoken_encoding, tokenizer.bos_id, dtype), workers)
+
+
+_WORKER: GroupEncoder | None = None
+
+
+def _init_worker(encoder: GroupEncoder) -> None:
+    global _WORKER
+    _WORKER = encoder
+
+
+def _run_task(task):
+    return _WORKER(task)
+
+
+class _Pool:
+    """Ordered map of a GroupEncoder over tasks, in this process (workers=1) or on `workers` processes."""
+
+    def __init__(self, encoder: GroupEncoder, workers: int):
+        self.encoder, self.workers = encoder, workers
+        self.pool = None
+
+    def __enter__(self):
+        if self.workers > 1:
+            # spawn, not fork: the parent has pyarrow and tokenizer thread pools that a fork would copy mid-flight
+            ctx = multiprocessing.get_context("spawn")
+            self.pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=(self.encoder,))
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def map(self, tasks: list, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        if self.pool is None:
+            for i in range(start, len(tasks)):
+                yield i, self.encoder(tasks[i])
+            return
+        # Pool.imap would queue every task at once and let finished results pile up; a window bounds memory
+        pending: deque = deque()
+        for i in range(start, len(tasks)):
+            pending.append((i, self.pool.apply_async(_run_task, (tasks[i],))))
+            if len(pending) >= self.workers * TASKS_IN_FLIGHT:
+                j, res = pending.popleft()
+                yield j, res.get()
+        while pending:
+            j, res = pending.popleft()
+            yield j, res.get()
+
+
+def _encode_pretrain(tasks: list, split: str, encode: _Pool, out: Path, dtype: np.dtype, shard_tokens: int,
+                     progress: dict) -> None:
+    """Stream the split's documents into shards of exactly `shard_tokens` tokens (the last one shorter).
+
+    After each shard the progress file records the cursor: the task holding the next unwritten token and how many
+    of that task's tokens are already in shards. A rerun starts there and produces identical shards."""
+    state = progress["splits"].setdefault(split, {"shards": 0, "next_task": 0, "skip": 0, "done": False})
+    if state["done"]:
+        return
     buf: list[np.ndarray] = []
+    spans: deque = deque()  # [task, tokens of it already in shards, tokens of it still in buf]
+    last = state["next_task"] - 1
+
+    def write(stream: np.ndarray, n: int) -> np.ndarray:
+        piece, rest = stream[:n], stream[n:]
+        _save(out / "pretrain" / f"{split}_{state['shards']:05d}.npy", piece, progress["files"])
+        state["shards"] += 1
+        while n:
+            take = min(n, spans[0][2])
+            spans[0][1] += take
+            spans[0][2] -= take
+            n -= take
+            if not spans[0][2]:
+                spans.popleft()
+        state["next_task"], state["skip"] = (spans[0][0], spans[0][1]) if spans else (last + 1, 0)
+        _write_json(out / PROGRESS, progress)
+        return rest
+
     n_buf = 0
-    n_shard = 0
-    batch: list[str] = []
-
-    def flush_batch():
-        nonlocal n_buf
-        for ids in tokenizer.encode_batch(batch, num_threads=workers):
-            arr = np.empty(len(ids) + 1, dtype=dtype)
-            arr[0] = tokenizer.bos_id
-            arr[1:] = ids
-            buf.append(arr)
-            n_buf += arr.shape[0]
-        batch.clear()
-
-    def write_shard(final: bool):
-        nonlocal buf, n_buf, n_shard
-        stream = np.concatenate(buf) if buf else np.empty(0, dtype=dtype)
-        while stream.shape[0] >= shard_tokens or (final and stream.shape[0]):
-            piece, stream = stream[:shard_tokens], stream[shard_tokens:]
-            _save(out / f"{split}_{n_shard:05d}.npy", piece, files)
-            n_shard += 1
-        buf, n_buf = ([stream] if stream.shape[0] else []), stream.shape[0]
-
-    for text in tqdm(sources.iter_texts(raw, split), desc=f"tokenize {split}", unit="doc", disable=None):
-        batch.append(text)
-        if len(batch) >= ENCODE_BATCH_DOCS:
-            flush_batch()
-            if n_buf >= shard_tokens:
-                write_shard(final=False)
-    flush_batch()
-    write_shard(final=True)
+    skip = state["skip"]
+    bar = tqdm(total=len(tasks), initial=state["next_task"], desc=f"tokenize {split}", unit="group", disable=None)
+    for last, arr in encode.map(tasks, state["next_task"]):
+        spans.append([last, skip, len(arr) - skip])
+        if skip:
+            arr, skip = arr[skip:], 0
+        buf.append(arr)
+        n_buf += len(arr)
+        bar.update()
+        if n_buf >= shard_tokens:
+            stream = np.concatenate(buf)
+            while len(stream) >= shard_tokens:
+                stream = write(stream, shard_tokens)
+            buf, n_buf = [stream], len(stream)
+    bar.close()
+    if n_buf:
+        write(np.concatenate(buf), n_buf)
+    state.update(done=True, next_task=len(tasks), skip=0)
+    _write_json(out / PROGRESS, progress)
 
 
 def _encode_sft(raw: Path, split: str, tokenizer, out: Path, dtype, files: dict) -> None:
+    # per-conversation arrays, not Python int lists: a tenth of the memory until the one concatenation
     tokens, masks, offsets = [], [], [0]
     for rec in sources.read_dataset(raw, split, "download_sft"):
         ids, mask = chat.render(rec["messages"], tokenizer)
-        tokens.extend(ids)
-        masks.extend(mask)
-        offsets.append(len(tokens))
-    _save(out / f"{split}_tokens.npy", np.asarray(tokens, dtype=dtype), files)
-    _save(out / f"{split}_mask.npy", np.asarray(masks, dtype=np.uint8), files)
+        tokens.append(np.asarray(ids, dtype=dtype))
+        masks.append(np.asarray(mask, dtype=np.uint8))
+        offsets.append(offsets[-1] + len(ids))
+    _save(out / f"{split}_tokens.npy", np.concatenate(tokens) if tokens else np.empty(0, dtype), files)
+    _save(out / f"{split}_mask.npy", np.concatenate(masks) if masks else np.empty(0, np.uint8), files)
     _save(out / f"{split}_offsets.npy", np.asarray(offsets, dtype=np.int64), files)
 
 

@@ -75,18 +75,25 @@ def _byte_to_char() -> dict[int, str]:
 
 
 @functools.cache
-def _char_to_byte() -> dict[str, int]:
-    return {c: b for b, c in _byte_to_char().items()}
+def _translate_tables() -> tuple[dict[int, int], dict[int, int]]:
+    """str.translate tables for the two directions (C speed: vocabularies have 10^4-10^5 tokens). Code points below
+    256 that are not in the alphabet map to U+FFFF, which the latin-1 encoding step then refuses."""
+    to_char = {b: ord(c) for b, c in _byte_to_char().items()}
+    to_byte = {ord(c): b for b, c in _byte_to_char().items()}
+    to_byte.update({b: 0xFFFF for b in range(256) if b not in to_byte})
+    return to_char, to_byte
 
 
 def _to_chars(token: bytes) -> str:
-    table = _byte_to_char()
-    return "".join(table[b] for b in token)
+    return token.decode("latin-1").translate(_translate_tables()[0])
 
 
 def _to_bytes(token: str) -> bytes:
-    table = _char_to_byte()
-    return bytes(table[c] for c in token)
+    """Raises KeyError for a character outside the byte-level alphabet."""
+    try:
+        return token.translate(_translate_tables()[1]).encode("latin-1")
+    except UnicodeEncodeError:
+        raise KeyError(token) from None
 
 
 def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
@@ -235,6 +242,21 @@ def write_tiktoken_reference(name: str, out_dir: str | Path) -> Tokenizer:
         (out / stale).unlink(missing_ok=True)
     _write_atomic(out / "tiktoken.json", (json.dumps({"tiktoken": name}) + "\n").encode())
     return tok
+
+
+def compression_report(tok: Tokenizer, texts: Iterable[str], num_threads: int | None = None) -> dict:
+    """UTF-8 bytes per token on `texts` (held-out text: the number that says how much context a token buys)."""
+    n_bytes = n_tokens = 0
+    batch: list[str] = []
+    for text in itertools.chain(texts, [None]):
+        if text is not None:
+            batch.append(text)
+        if batch and (text is None or len(batch) >= 1024):
+            n_bytes += sum(len(t.encode()) for t in batch)
+            n_tokens += sum(len(ids) for ids in tok.encode_batch(batch, num_threads=num_threads))
+            batch = []
+    return {"source": tok.name, "vocab_size": tok.vocab_size, "bytes_per_token": n_bytes / max(n_tokens, 1),
+            "val_bytes": n_bytes, "val_tokens": n_tokens}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Stage tokenize: pretraining corpus and SFT chats -> .npy token shards + manifest.json."""
+"""Stage tokenize: pretraining corpus and SFT chats -> .npy token shards + manifest.json, on worker processes;
+a killed run, rerun, continues after its last finished shard."""
 
 import argparse
 from pathlib import Path
@@ -21,6 +22,8 @@ def main() -> None:
                                    params.shard_tokens, params.num_workers())
     total = sum(f["tokens"] for name, f in manifest["files"].items() if name.startswith("pretrain/"))
     print(f"tokenize: {total:,} pretraining tokens in {manifest['dtype']} shards -> {args.out}")
+    if "sft_skipped" in manifest:
+        print(f"tokenize: SFT chats skipped: {manifest['sft_skipped']}")
 
 
 if __name__ == "__main__":

@@ -1,24 +1,40 @@
-"""Stage train_tokenizer: byte-level BPE on the pretraining corpus -> tokenizer.json + tokenizer_config.json."""
+"""Stage train_tokenizer: byte-level BPE on the pretraining corpus (or a pretrained tiktoken encoding) ->
+models/tokenizer/, plus its compression on the validation text -> metrics/tokenizer.json."""
 
 import argparse
+import json
+from pathlib import Path
 
 from llm_core import sources
 from llm_core.config import load_params
-from llm_core.tokenizer import train_tokenizer
+from llm_core.tokenizer import compression_report, train_tokenizer, write_tiktoken_reference
+
+REPORT_BYTES = 16 << 20  # bytes per token settles long before this much validation text
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("raw", help="downloaded pretraining corpus, e.g. data/raw/pretrain")
     ap.add_argument("out", help="output folder, e.g. models/tokenizer")
+    ap.add_argument("--metrics", help="compression report, e.g. metrics/tokenizer.json")
     args = ap.parse_args()
     params = load_params().tokenizer
-    texts = sources.iter_texts(args.raw, "train")
-    if params.train_bytes:  # a prefix of the corpus bounds time and memory on big corpora
-        texts = sources.take_bytes(texts, params.train_bytes)
-    tok = train_tokenizer(texts, params.vocab_size, args.out, min_frequency=params.min_frequency,
-                          show_progress=True)
-    print(f"tokenizer: vocab {tok.vocab_size} -> {args.out}")
+    if params.source == "train":
+        texts = sources.iter_texts(args.raw, "train")  # streamed from parquet, never all in memory
+        if params.train_bytes:  # a prefix of the corpus bounds time and memory on big corpora
+            texts = sources.take_bytes(texts, params.train_bytes)
+        tok = train_tokenizer(texts, params.vocab_size, args.out, min_frequency=params.min_frequency,
+                              show_progress=True)
+    else:
+        tok = write_tiktoken_reference(params.source.split(":", 1)[1], args.out)
+    report = compression_report(tok, sources.take_bytes(sources.iter_texts(args.raw, "val"), REPORT_BYTES))
+    if args.metrics:
+        Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.metrics + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(args.metrics)
+    print(f"tokenizer: {tok.name}, vocab {tok.vocab_size}, {report['bytes_per_token']:.2f} bytes/token on val "
+          f"-> {args.out}")
 
 
 if __name__ == "__main__":

@@ -529,8 +529,10 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"flash_attention: q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
     if q.device.type != "cuda" and not _interpreting():
         raise ValueError(
-            f"flash_attention runs on CUDA tensors, got {q.device.type}; use attention(..., backend='sdpa') on CPU, "
-            "or set TRITON_INTERPRET=1 before importing triton to run the kernel in the interpreter"
+            f"the triton attention backend (model.attention=triton) runs on CUDA tensors, got {q.device.type}. "
+            "On CPU use model.attention=sdpa, or run the kernel in Triton's (slow) interpreter by setting "
+            "TRITON_INTERPRET=1 in the environment before Python starts, e.g. "
+            "`TRITON_INTERPRET=1 dvc exp run -S model.attention=triton`"
         )
     if q.shape[2] == 0 or k.shape[2] == 0:
         raise ValueError(f"flash_attention: empty sequence (seq_q={q.shape[2]}, seq_k={k.shape[2]})")

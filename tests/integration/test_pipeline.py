@@ -39,6 +39,10 @@ def run(cmd: list[str], cwd: Path) -> str:
     return out
 
 
+def read_params(repo: Path) -> dict:
+    return yaml.safe_load((repo / "params.yaml").read_text())
+
+
 def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
@@ -70,7 +74,9 @@ def test_repro_end_to_end_then_incremental(repo: Path):
     hs = json.loads((repo / "metrics/hellaswag.json").read_text())
     assert hs["num_items"] == 24 and 0 <= hs["acc"] <= 1 and 0 <= hs["acc_norm"] <= 1
     samples = json.loads((repo / "metrics/samples.json").read_text())
-    assert samples["num_samples"] == 3 and samples["tokens_per_sec"] > 0
+    n_prompts = len(read_params(repo)["sample"]["prompts"]) + len(read_params(repo)["sample"]["chat_prompts"])
+    assert samples["num_samples"] == n_prompts and samples["tokens_per_sec"] > 0
+    assert all(s["output"] for s in samples["samples"])
     assert (repo / "models/pretrain/model.safetensors").exists()
     assert (repo / "dvclive/pretrain/plots/metrics/train/loss.tsv").exists()
 

@@ -1,7 +1,21 @@
-import torch
+import os
 
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from llm_core.config import PRESETS, ModelConfig
+from llm_core.generate import SamplingParams, generate
 from llm_core.model import KVCache, Transformer, apply_rope, rope_tables
 from tests.helpers import tiny_model_config
+
+GPT2_VOCAB = 50257
+
+
+def on_meta(cfg: ModelConfig) -> Transformer:
+    # shapes without memory or init cost: a 1.3B model builds in a second
+    with torch.device("meta"):
+        return Transformer(cfg)
 
 
 def test_shapes_and_param_count():
@@ -43,16 +57,17 @@ def test_rope_is_a_rotation_with_relative_positions():
     assert torch.allclose((at(q, 7) * at(k, 3)).sum(), (at(q, 14) * at(k, 10)).sum(), atol=1e-5)
 
 
-def test_kv_cache_matches_full_forward():
-    for kv in (4, 2, 1):  # MHA, GQA, MQA
-        model = Transformer(tiny_model_config(n_kv_heads=kv)).eval()
-        x = torch.randint(0, 512, (2, 20))
-        full = model(x)
-        cache = KVCache.empty(model.cfg, 2, 20, "cpu", torch.float32)
-        pieces = [model(x[:, :7], cache)]  # prefill
-        pieces += [model(x[:, i:i + 1], cache) for i in range(7, 15)]  # one-token decode
-        pieces.append(model(x[:, 15:], cache))  # a chunk after decoding
-        torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("backend", ["sdpa", "naive"])
+@pytest.mark.parametrize("kv", [4, 2, 1])  # MHA, GQA, MQA
+def test_kv_cache_matches_full_forward(backend, kv):
+    model = Transformer(tiny_model_config(n_kv_heads=kv, attention=backend)).eval()
+    x = torch.randint(0, 512, (2, 20))
+    full = model(x)
+    cache = KVCache.empty(model.cfg, 2, 20, "cpu", torch.float32)
+    pieces = [model(x[:, :7], cache)]  # prefill
+    pieces += [model(x[:, i:i + 1], cache) for i in range(7, 15)]  # one-token decode
+    pieces.append(model(x[:, 15:], cache))  # a chunk after decoding
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
 
 
 def test_too_long_sequence_is_a_clear_error():
@@ -63,3 +78,81 @@ def test_too_long_sequence_is_a_clear_error():
         assert "max_seq_len" in str(e)
     else:
         raise AssertionError("expected ValueError")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("vocab", [GPT2_VOCAB, 2048])
+def test_num_params_formula_equals_the_module_for_every_preset(name, vocab):
+    cfg = ModelConfig(preset=name).resolved(vocab)
+    model = on_meta(cfg)
+    assert model.num_params() == cfg.num_params()
+    for variant in (dict(tie_embeddings=not cfg.tie_embeddings), dict(qk_norm=True)):
+        other = ModelConfig(preset=name, **variant).resolved(vocab)
+        assert on_meta(other).num_params() == other.num_params()
+
+
+@pytest.mark.parametrize("name,size", [("124m", 124e6), ("350m", 350e6), ("774m", 774e6), ("1.3b", 1.3e9)])
+def test_presets_are_the_size_they_are_named(name, size):
+    n = ModelConfig(preset=name).resolved(GPT2_VOCAB).num_params()
+    assert abs(n - size) / size < 0.03, f"{name}: {n / 1e6:.1f}M parameters"
+
+
+def test_tiny_preset_shape_is_unchanged():
+    # the default CPU run is tuned on this shape
+    cfg = ModelConfig().resolved(2048)
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.ffn_hidden, cfg.max_seq_len) == (
+        4, 128, 4, 2, 384, 256)
+    assert cfg.init_std == 0.02 and cfg.tie_embeddings and not cfg.qk_norm
+
+
+@pytest.mark.parametrize("name,seq", [("tiny", 256), ("124m", 1024), ("350m", 512)])
+def test_flops_per_token_equals_a_flop_counter(name, seq):
+    # the naive backend computes the full score matrix with plain matmuls, which is what 6N + 12LDT counts
+    cfg = ModelConfig(preset=name, attention="naive").resolved(GPT2_VOCAB)
+    model = on_meta(cfg)
+    x = torch.zeros(2, seq, dtype=torch.long, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x).sum().backward()
+    assert counter.get_total_flops() == 2 * seq * cfg.flops_per_token(seq)
+    n = cfg.num_params(embeddings=False) + (cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0)
+    assert cfg.flops_per_token(seq) == pytest.approx(6 * n + 12 * cfg.n_layers * cfg.d_model * seq, rel=1e-3)
+
+
+def test_init_std_is_used():
+    small = Transformer(tiny_model_config(init_std=0.005))
+    assert 0.004 < small.tok_emb.weight.std() < 0.006
+    assert 0.005 / 2 / 1.2 < small.layers[0].ffn.w2.weight.std() < 0.005 / 2 * 1.2  # 1/sqrt(2 * 2 layers)
+
+
+def test_config_without_init_std_still_builds():
+    cfg = tiny_model_config()
+    cfg.init_std = None  # a config.json saved before the key existed
+    Transformer(cfg)
+
+
+def _triton_usable() -> str:
+    try:
+        import llm_core.attention.flash  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        return "no CUDA and TRITON_INTERPRET is not 1"
+    return ""
+
+
+@pytest.mark.skipif(bool(_triton_usable()), reason=_triton_usable() or "ok")
+def test_triton_backend_decodes_like_sdpa():
+    # head_dim 32: the smallest the kernel supports; on CPU it runs in Triton's interpreter
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = tiny_model_config(d_model=64, n_heads=2, n_kv_heads=1)
+    ref = Transformer(cfg).to(device).eval()
+    ours = Transformer(tiny_model_config(d_model=64, n_heads=2, n_kv_heads=1, attention="triton")).to(device).eval()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randint(0, 512, (1, 9), device=device)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)
+    greedy = SamplingParams(max_new_tokens=8, temperature=0)
+    out_ref, _ = generate(ref, x[0].tolist(), greedy)
+    out_ours, _ = generate(ours, x[0].tolist(), greedy)
+    assert out_ours == out_ref and len(out_ref) == 8

@@ -94,3 +94,53 @@ def test_limits(tmp_path):
     info = sources.write_dataset("pretrain", DataConfig(num_docs=100, max_docs=10), tmp_path / "out")
     assert info["docs_train"] + info["docs_val"] == 10
     assert json.loads((tmp_path / "out" / "info.json").read_text())["bytes"] == info["bytes"]
+
+
+def test_official_hellaswag_jsonl_keeps_its_schema(tmp_path):
+    item = {"ind": 24, "activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.",
+            "ctx_b": "he", "ctx": "A man is sitting on a roof. he", "split": "val", "split_type": "indomain",
+            "label": 3, "endings": ["is using wrap.", "is ripping level tiles off.", "is holding a rubik's cube.",
+                                    "starts pulling up roofing on a roof."], "source_id": "activitynet~v_-JhWjGDPHMY"}
+    f = tmp_path / "hellaswag_val.jsonl"
+    f.write_text(json.dumps(item) + "\n" + json.dumps({"ctx": "no endings"}) + "\n")
+    info = sources.write_dataset("hellaswag", DataConfig(hellaswag=SourceConfig(source="local", paths=[str(f)])),
+                                 tmp_path / "out")
+    assert info["docs_val"] == 1 and info["skipped_malformed"] == 1
+    assert list(sources.read_dataset(tmp_path / "out", "val", "x")) == [item]
+
+
+def test_shards_are_bounded_in_rows_and_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "ROWS_PER_GROUP", 8)
+    data = DataConfig(num_docs=300, val_fraction=0.01)
+    sources.write_dataset("pretrain", data, tmp_path / "rows", rows_per_shard=50)
+    parts = sorted((tmp_path / "rows" / "train").glob("*.parquet"))
+    assert len(parts) > 5 and all(pq.ParquetFile(p).metadata.num_rows <= 50 for p in parts)
+    assert pq.ParquetFile(parts[0]).num_row_groups == 7  # 50 rows in groups of 8
+    sources.write_dataset("pretrain", data, tmp_path / "bytes", bytes_per_shard=5000)
+    for p in sorted((tmp_path / "bytes" / "train").glob("*.parquet")):
+        texts = pq.read_table(p).column("text").to_pylist()
+        assert sum(len(t.encode()) for t in texts[:-1]) < 5000  # closes at the row that crosses the bound
+    assert list(sources.iter_texts(tmp_path / "rows", "train")) == list(sources.iter_texts(tmp_path / "bytes",
+                                                                                           "train"))
+
+
+def test_streamed_decoding_reports_the_offset_across_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "READ_BLOCK", 7)
+    f = tmp_path / "book.txt"
+    f.write_bytes("é".encode() * 10 + b"ok \xff rest")  # a character cut by each block boundary, then a bad byte
+    with pytest.raises(ValueError, match=r"byte 23 \(0xff\) is not valid utf-8; set data\.encoding"):
+        sources.write_dataset("pretrain", local([f]), tmp_path / "out")
+    text = "para one\nstill one\n\n\n para two \r\n\r\nthree"
+    f.write_bytes(text.encode())
+    assert list(sources.chunk_lines(sources._lines(f, "utf-8", "pretrain"), max_chars=20)) == [
+        "para one\nstill one", "para two\n\nthree"]
+
+
+def test_gzip_jsonl_and_inputs_recorded(tmp_path):
+    import gzip
+
+    f = tmp_path / "d.jsonl.gz"
+    f.write_bytes(gzip.compress(b'{"text": "zipped doc"}\n{"text": "another"}\n'))
+    info = sources.write_dataset("pretrain", local([f], val_fraction=0.01), tmp_path / "out")
+    assert info["docs_train"] == 2
+    assert info["inputs"] == [{"path": str(f), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}]

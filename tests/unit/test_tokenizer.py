@@ -262,3 +262,41 @@ def test_pretrained_tiktoken_offline(monkeypatch):
         Tokenizer.from_tiktoken_name("gpt2")
     with pytest.raises(ValueError, match="unknown tiktoken encoding 'gpt3'.*cl100k_base"):
         Tokenizer.from_tiktoken_name("gpt3")
+
+
+def test_compression_report(tok):
+    texts = make_corpus(seed=3, n=50)
+    report = tk.compression_report(tok, iter(texts))
+    n_bytes = sum(len(t.encode()) for t in texts)
+    assert report["val_bytes"] == n_bytes and report["vocab_size"] == VOCAB and report["source"] == "bpe"
+    assert report["bytes_per_token"] == pytest.approx(n_bytes / sum(len(tok.encode(t)) for t in texts))
+    assert report["bytes_per_token"] > 1.5
+
+
+@pytest.mark.parametrize("source", ["train", "tiktoken:gpt2"])
+def test_train_tokenizer_stage_sources_and_report(source, tmp_path, monkeypatch):
+    import sys
+
+    from llm_core import sources
+    from llm_core.config import DataConfig
+    from stages import train_tokenizer as stage
+
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: _fake_gpt2())
+    monkeypatch.chdir(tmp_path)
+    sources.write_dataset("pretrain", DataConfig(num_docs=200, val_fraction=0.1), tmp_path / "raw")
+    (tmp_path / "params.yaml").write_text(f"tokenizer:\n  vocab_size: 400\n  source: '{source}'\n")
+    monkeypatch.setattr(sys, "argv", ["x", "raw", "tok", "--metrics", "metrics/tokenizer.json"])
+    stage.main()
+    report = json.loads((tmp_path / "metrics" / "tokenizer.json").read_text())
+    tok = Tokenizer.from_dir(tmp_path / "tok")
+    assert report["vocab_size"] == tok.vocab_size == (400 if source == "train" else 261)
+    assert report["source"] == ("bpe" if source == "train" else "tiktoken:gpt2")
+    assert report["bytes_per_token"] > (2 if source == "train" else 1)
+
+
+def test_tokenizer_source_is_validated(tmp_path):
+    from llm_core.config import ParamsError, load_params
+
+    (tmp_path / "params.yaml").write_text("tokenizer:\n  source: gpt2\n")
+    with pytest.raises(ParamsError, match=r"tokenizer\.source must be train or tiktoken:<encoding>.*'gpt2'"):
+        load_params(tmp_path / "params.yaml")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llm_core import checkpoint
-from llm_core.config import ParallelConfig, TrainConfig
+from llm_core.config import ParallelConfig, ParamsError, TrainConfig
 from llm_core.loader import Loader, StreamRows
 from llm_core.train import Job, NonFiniteError, train
 from tests.helpers import tiny_model_config
@@ -116,3 +116,23 @@ def test_nonfinite_halt_keeps_checkpoint_and_skip_counts(tmp_path, monkeypatch):
     calls["n"] = 0
     res = train(tiny_model_config(), cfg(on_nonfinite="skip"), ParallelConfig(), job(tmp_path, "skip"))
     assert res["skipped_steps"] == 1 and np.isfinite(res["train_loss"])
+
+
+def test_global_batch_tokens_derives_grad_accum(tmp_path):
+    c = cfg(steps=2, batch_size=4, grad_accum=1, global_batch_tokens=4 * 32 * 3, eval_every=100)
+    assert c.accum_steps(1, "pretrain") == 3
+    res = train(tiny_model_config(), c, ParallelConfig(), job(tmp_path))
+    assert res["tokens"] == 2 * 4 * 32 * 3
+    assert cfg(grad_accum=5).accum_steps(2, "pretrain") == 5  # 0 = grad_accum as given
+    with pytest.raises(ParamsError, match=r"pretrain\.global_batch_tokens \(256\) must be a multiple of "
+                                          r"pretrain\.batch_size x pretrain\.seq_len x ranks = 4 x 32 x 4 = 512"):
+        cfg(global_batch_tokens=256).accum_steps(4, "pretrain")
+    with pytest.raises(ParamsError, match=r"sft\.global_batch_tokens \(100\) must be a multiple"):
+        cfg(global_batch_tokens=100).validate("sft")
+
+
+def test_metrics_carry_mfu_with_a_given_peak(tmp_path):
+    res = train(tiny_model_config(), cfg(steps=2, eval_every=100, peak_flops=1e12), ParallelConfig(), job(tmp_path))
+    assert res["tokens_per_sec"] > 0 and 0 < res["mfu"] < 1
+    rows = list(csv.DictReader(open(tmp_path / "run_live/plots/metrics/train/mfu.tsv"), delimiter="\t"))
+    assert len(rows) == 2

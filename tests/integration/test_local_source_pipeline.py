@@ -1,0 +1,80 @@
+"""`dvc exp run -S data.source=local -S data.paths=[...]` trains end to end on a folder of text files."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {
+    "data": {"sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "val_fraction": 0.1},
+    "tokenizer": {"vocab_size": 600},
+    "tokenize": {"workers": 2},  # the process pool, as on a real corpus
+    "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 256},
+    "pretrain": {"steps": 4, "batch_size": 4, "seq_len": 32, "eval_every": 2, "eval_batches": 2,
+                 "checkpoint_every": 2, "warmup_steps": 1},
+    "sft": {"steps": 2, "batch_size": 2, "seq_len": 256, "eval_every": 2, "eval_batches": 1, "warmup_steps": 1},
+    "sample": {"max_new_tokens": 8},
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return base
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
+    return out
+
+WORDS = ("the river ran past an old mill where a miller kept bread and a grey cat that slept by the fire while "
+         "rain fell on the roof and the children read stories of ships kings and far away hills").split()
+
+
+@pytest.mark.slow
+def test_exp_run_on_a_folder_of_text_files(tmp_path: Path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("stages", "llm_core", "dvc.yaml", "pyproject.toml"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name,
+                                                           **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                              if src.is_dir() else {}))
+    shutil.copytree(ROOT / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / ".gitignore").write_text("/data\n/models\n/metrics\n/dvclive\n")
+    texts = tmp_path / "books"
+    texts.mkdir()
+    rng = random.Random(0)
+    for b in range(6):
+        paras = ["\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(3)) for _ in range(80)]
+        (texts / f"book{b}.txt").write_text("\n\n".join(paras) + "\n")
+    (texts / "empty.txt").write_text("")
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "base"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+    out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "data.source=local",
+               "-S", f"data.paths=[{texts}]"], repo)
+    assert {"download_pretrain", "train_tokenizer", "tokenize", "pretrain"} <= set(
+        re.findall(r"Running stage '([^']+)'", out))
+    info = json.loads((repo / "data/raw/pretrain/info.json").read_text())
+    assert info["source"] == "local" and info["skipped_empty"] == 1 and len(info["inputs"]) == 7
+    assert json.loads((repo / "metrics/tokenizer.json").read_text())["bytes_per_token"] > 1
+    pre = json.loads((repo / "metrics/pretrain.json").read_text())
+    assert pre["tokens"] > 0 and pre["val_loss"] == pre["val_loss"]  # finite
+    assert "entropy_floor_bpb" not in info  # only the built-in world knows its entropy
