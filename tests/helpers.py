@@ -1,5 +1,13 @@
 """Small builders shared by tests."""
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
 from llm_core.config import ModelConfig
 
 
@@ -7,3 +15,37 @@ def tiny_model_config(vocab_size: int = 512, **overrides) -> ModelConfig:
     base = dict(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, ffn_hidden=128, max_seq_len=64)
     base.update(overrides)
     return ModelConfig(preset="tiny", **base).resolved(vocab_size)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A copy of the repository for tests that run the real `dvc` on tiny params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Deep-merge `over` into `base` (params overrides)."""
+    for k, v in over.items():
+        base[k] = merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return base
+
+
+def project_env(**extra: str) -> dict:
+    """The environment stage commands need: this interpreter's `python` first on PATH, as the Makefile does."""
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra)
+
+
+def pipeline_copy(dst: Path, overrides: dict) -> Path:
+    """Code, dvc.yaml and .dvc config copied into `dst` (a fresh git repo) with params.yaml = committed + overrides."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("stages", "llm_core", "dvc.yaml", "pyproject.toml"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst / name)
+    shutil.copytree(ROOT / ".dvc", dst / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    return dst

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import yaml
 from llm_core import distributed
 from llm_core.config import ParallelConfig
 from llm_core.train import train
+from tests.helpers import pipeline_copy
 from tests.integration import dist_worker as W
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,15 +116,7 @@ TINY = {
 
 @pytest.mark.slow
 def test_dvc_repro_pretrain_with_ddp_on_two_cpu_processes(tmp_path):
-    from tests.integration.test_pipeline import merge
-
-    for name in ("stages", "llm_core", "dvc.yaml", "pyproject.toml"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    shutil.copytree(ROOT / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    pipeline_copy(tmp_path, TINY)
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "pretrain"], cwd=tmp_path, env=env(),
                           capture_output=True, text=True, timeout=400)
     out = proc.stdout + proc.stderr

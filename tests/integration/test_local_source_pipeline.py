@@ -6,13 +6,13 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.helpers import pipeline_copy, project_env
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
@@ -27,15 +27,8 @@ TINY = {
 }
 
 
-def merge(base: dict, over: dict) -> dict:
-    for k, v in over.items():
-        base[k] = merge(base.get(k, {}), v) if isinstance(v, dict) else v
-    return base
-
-
 def run(cmd: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
     return out
@@ -46,16 +39,7 @@ WORDS = ("the river ran past an old mill where a miller kept bread and a grey ca
 
 @pytest.mark.slow
 def test_exp_run_on_a_folder_of_text_files(tmp_path: Path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("stages", "llm_core", "dvc.yaml", "pyproject.toml"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / name,
-                                                           **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                                              if src.is_dir() else {}))
-    shutil.copytree(ROOT / ".dvc", repo / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repo = pipeline_copy(tmp_path / "repo", TINY)
     (repo / ".gitignore").write_text("/data\n/models\n/metrics\n/dvclive\n")
     texts = tmp_path / "books"
     texts.mkdir()

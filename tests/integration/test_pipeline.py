@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import pipeline_copy, project_env
+
 TINY = {
     "data": {"num_docs": 300, "sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "val_fraction": 0.1},
     "tokenizer": {"vocab_size": 600},
@@ -25,15 +24,8 @@ TINY = {
 }
 
 
-def merge(base: dict, over: dict) -> dict:
-    for k, v in over.items():
-        base[k] = merge(base.get(k, {}), v) if isinstance(v, dict) else v
-    return base
-
-
 def run(cmd: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
     return out
@@ -49,15 +41,7 @@ def ran_stages(output: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    dst = tmp_path_factory.mktemp("pipeline")
-    for name in ("stages", "llm_core", "dvc.yaml", "pyproject.toml"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
-    shutil.copytree(ROOT / ".dvc", dst / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], dst)
-    return dst
+    return pipeline_copy(tmp_path_factory.mktemp("pipeline"), TINY)
 
 
 @pytest.mark.slow
@@ -96,8 +80,8 @@ def test_bad_params_stop_before_work_and_keep_outputs(repo: Path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["pretrain"]["warmup_steps"] = -5
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "pretrain"], cwd=repo, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "pretrain"], cwd=repo, env=project_env(),
+                          capture_output=True,
                           text=True)
     assert proc.returncode != 0
     assert "pretrain.warmup_steps must be >= 0 (got -5)" in proc.stdout + proc.stderr

@@ -19,8 +19,9 @@ import safetensors.torch
 import torch
 import yaml
 
+from tests.helpers import pipeline_copy
+
 from llm_core.checkpoint import FAULT_ENV
-from tests.integration.test_pipeline import merge
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
@@ -55,14 +56,7 @@ def set_optimizer(repo: Path, optimizer: str) -> None:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    dst = tmp_path_factory.mktemp("resume")
-    for name in ("stages", "llm_core", "dvc.yaml", "pyproject.toml"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / name)
-    shutil.copytree(ROOT / ".dvc", dst / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    dst = pipeline_copy(tmp_path_factory.mktemp("resume"), TINY)
     run(["-m", "dvc", "repro", "tokenize"], dst)
     return dst
 

@@ -8,7 +8,7 @@ import random
 import pytest
 import tiktoken
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import models, pre_tokenizers
+from tokenizers import models
 
 from llm_core import tokenizer as tk
 from llm_core.tokenizer import SPECIAL_TOKENS, Tokenizer, train_tokenizer
