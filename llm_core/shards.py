@@ -40,17 +40,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _save(path: Path, array: np.ndarray, files: dict) -> None:
     np.save(path, array)
-    files[str(path.relative_to(path.parents[1]))] = {"tokens": int(array.shape[0]), "sha256": _sha256(path)}
+    files[str(path.relative_to(path.parents[1]))] = {"tokens": int(array.shape[0]),
+                                                     "sha256": sources.file_sha256(path)}
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -293,7 +286,7 @@ def open_shard(token_dir: str | Path, name: str, manifest: dict, verify: bool = 
         arr = np.load(path, mmap_mode="r")
     except ValueError as e:  # numpy refuses a file shorter than its header promises
         raise ValueError(f"{path} is truncated or corrupt ({e}); run `dvc repro tokenize` to rebuild it") from None
-    if arr.shape[0] != entry["tokens"] or (verify and _sha256(path) != entry["sha256"]):
+    if arr.shape[0] != entry["tokens"] or (verify and sources.file_sha256(path) != entry["sha256"]):
         raise ValueError(f"{path} does not match manifest.json (truncated or modified: {arr.shape[0]} tokens, "
                          f"expected {entry['tokens']}); run `dvc repro tokenize` to rebuild it")
     return arr

@@ -309,7 +309,7 @@ def fetch_url(url: str, target: Path, sha256: str = "", chunk: int = 1 << 20, re
     both across runs and, up to `retries` times, within one. With `sha256`, a mismatch removes the download."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and (not sha256 or _sha256(target) == sha256):
+    if target.exists() and (not sha256 or file_sha256(target) == sha256):
         return target
     part = target.with_name(target.name + ".part")
     for attempt in range(retries + 1):
@@ -323,7 +323,7 @@ def fetch_url(url: str, target: Path, sha256: str = "", chunk: int = 1 << 20, re
                                 f"kept in {part}: rerun to resume") from None
             log.warning("download of %s interrupted at %d bytes (%s); resuming", url, have, e)
     if sha256:
-        got = _sha256(part)
+        got = file_sha256(part)
         if got != sha256.lower():
             part.unlink()
             raise DataError(f"{url}: sha256 {got} does not match {key.rsplit('.', 1)[0]}.sha256 {sha256}; the "
@@ -367,10 +367,11 @@ def _transfer(url: str, part: Path, chunk: int, key: str) -> None:
             raise _Interrupted(f"connection closed after {got} of {total} bytes")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Checksum of a file read in blocks (downloads and token shards can be larger than memory)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
+        while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()
 

@@ -49,3 +49,11 @@ def pipeline_copy(dst: Path, overrides: dict) -> Path:
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
     return dst
+
+
+def run_ok(cmd: list[str], cwd: Path) -> str:
+    """Run a command with the project environment; its output, or a failure that shows the end of it."""
+    proc = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
+    return out

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import pipeline_copy, project_env
+from tests.helpers import pipeline_copy, run_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
@@ -27,11 +27,7 @@ TINY = {
 }
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
-    return out
+run = run_ok
 
 WORDS = ("the river ran past an old mill where a miller kept bread and a grey cat that slept by the fire while "
          "rain fell on the roof and the children read stories of ships kings and far away hills").split()

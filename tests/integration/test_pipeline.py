@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import pipeline_copy, project_env
+from tests.helpers import pipeline_copy, project_env, run_ok
 
 TINY = {
     "data": {"num_docs": 300, "sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "val_fraction": 0.1},
@@ -24,11 +24,7 @@ TINY = {
 }
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
-    return out
+run = run_ok
 
 
 def read_params(repo: Path) -> dict:
