@@ -55,8 +55,8 @@ def write_model(directory: Path, model: Transformer) -> None:
     write_weights(directory, model.cfg, model.state_dict())
 
 
-def load_model(directory: str | Path, attention: str | None = None) -> Transformer:
-    """A Transformer from a folder with model.safetensors + config.json (a checkpoint or a final model)."""
+def read_config(directory: str | Path, attention: str | None = None) -> ModelConfig:
+    """The model config of a folder written by `write_weights` (no weights are read)."""
     directory = Path(directory)
     if not (directory / "model.safetensors").exists():
         raise FileNotFoundError(f"no model in {directory}; run the stage that trains it first "
@@ -64,6 +64,13 @@ def load_model(directory: str | Path, attention: str | None = None) -> Transform
     cfg = ModelConfig(**json.loads((directory / "config.json").read_text()))
     if attention is not None:
         cfg.attention = attention
+    return cfg
+
+
+def load_model(directory: str | Path, attention: str | None = None) -> Transformer:
+    """A Transformer from a folder with model.safetensors + config.json (a checkpoint or a final model)."""
+    directory = Path(directory)
+    cfg = read_config(directory, attention)
     model = Transformer(cfg)
     missing, unexpected = safetensors.torch.load_model(model, str(directory / "model.safetensors"), strict=False,
                                                        device="cpu")

@@ -4,7 +4,7 @@ import argparse
 import os
 from pathlib import Path
 
-from llm_core import distributed, loader, shards
+from llm_core import checkpoint, distributed, loader, shards
 from llm_core.config import load_params
 from llm_core.tokenizer import Tokenizer
 from llm_core.tracking import write_metrics
@@ -29,10 +29,7 @@ def main() -> None:
     train_rows = loader.sft_rows(args.tokens, "train", cfg.seq_len, manifest, tok.end_id)
     val_rows = loader.sft_rows(args.tokens, "val", cfg.seq_len, manifest, tok.end_id)
     # the architecture is the pretrained model's own (config.json), whatever model.* says now
-    from llm_core.checkpoint import load_model
-
-    model_cfg = load_model(args.init).cfg
-    model_cfg.attention = params.model.attention
+    model_cfg = checkpoint.read_config(args.init, attention=params.model.attention)
     job = Job(train_rows, val_rows, Path(args.out), Path(args.live), token_bytes=tok.token_bytes(),
               init_from=Path(args.init), data_fingerprint=shards.data_fingerprint(manifest), desc="sft")
     result = train(model_cfg, cfg, params.parallel, job)
