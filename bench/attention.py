@@ -30,7 +30,7 @@ if not HAS_CUDA:
     # Before the kernel module is imported: @triton.jit picks interpreter mode at decoration.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from llm_core.attention import attention  # noqa: E402
+from llm_core.model.attention import attention  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TOKENS_PER_CONFIG = 16384

@@ -31,12 +31,12 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from llm_core import optim  # noqa: E402
 from llm_core.config import ModelConfig, ParallelConfig, TrainConfig  # noqa: E402
-from llm_core.loader import Loader, StreamRows  # noqa: E402
-from llm_core.model import Transformer  # noqa: E402
-from llm_core.train import Job, loss_fn, train  # noqa: E402
-
+from llm_core.data.loader import Loader, StreamRows  # noqa: E402
+from llm_core.evaluation.metrics import loss_fn  # noqa: E402
+from llm_core.model.transformer import Transformer  # noqa: E402
+from llm_core.training import optim  # noqa: E402
+from llm_core.training.loop import Job, train  # noqa: E402
 
 
 def bare(model_cfg: ModelConfig, cfg: TrainConfig, rows: StreamRows) -> float:

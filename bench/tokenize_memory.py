@@ -25,9 +25,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llm_core import sources  # noqa: E402
 from llm_core.config import DataConfig  # noqa: E402
-from llm_core.tokenizer import train_tokenizer  # noqa: E402
+from llm_core.data import sources  # noqa: E402
+from llm_core.data.tokenizer import train_tokenizer  # noqa: E402
 
 
 def corpus(text_dir: str, encoding: str, scale: int, out: Path) -> Path:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llm_core import shards, sources  # noqa: E402
 from llm_core.config import DataConfig  # noqa: E402
-from llm_core.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from llm_core.data import shards, sources  # noqa: E402
+from llm_core.data.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 
 def prepare(text_dir: str, encoding: str, scale: int, tmp: Path) -> Path:

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 from tokenizers import Tokenizer as HFTokenizer  # noqa: E402
 from tokenizers import models, pre_tokenizers, trainers  # noqa: E402
 
-from llm_core import sources  # noqa: E402
-from llm_core import tokenizer as tk  # noqa: E402
 from llm_core.config import DataConfig  # noqa: E402
+from llm_core.data import sources  # noqa: E402
+from llm_core.data import tokenizer as tk  # noqa: E402
 
 
 def raw_train(texts: list[str], vocab: int, pre_tokenizer) -> float:

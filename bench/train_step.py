@@ -28,11 +28,12 @@ import time
 
 import torch
 
-from llm_core import export, optim
+from llm_core import export
 from llm_core.config import PRESETS, ModelConfig, TrainConfig
-from llm_core.model import Transformer
-from llm_core.tracking import peak_flops
-from llm_core.train import loss_fn
+from llm_core.evaluation.metrics import loss_fn
+from llm_core.model.transformer import Transformer
+from llm_core.training import optim
+from llm_core.training.tracking import peak_flops
 
 HAS_CUDA = torch.cuda.is_available()
 

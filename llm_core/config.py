@@ -18,10 +18,14 @@ from typing import Any
 
 import yaml
 
+from llm_core.errors import UserError
+
 PARAMS_FILE = "params.yaml"
+TRACE_ENV = "LLM_CORE_TRACE_PARAMS"  # a file: each process appends the params keys it read (tests keep dvc.yaml exact)
+_read_keys: set[str] | None = None  # the keys read so far, while tracing
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """A params.yaml problem; the message names the key and the fix."""
 
 
@@ -29,8 +33,22 @@ class ParamsError(ValueError):
 # Sections
 
 
+class _Section:
+    """Base of the params sections. With LLM_CORE_TRACE_PARAMS set, reading a key of a section loaded from params.yaml
+    records its dotted name, so a test can check that dvc.yaml declares every key each stage really reads."""
+
+    _path = ""
+
+    def __getattribute__(self, name: str):
+        if _read_keys is not None and not name.startswith("_"):
+            path = object.__getattribute__(self, "_path")
+            if path and name in object.__getattribute__(self, "__dataclass_fields__"):
+                _read_keys.add(f"{path}.{name}")
+        return object.__getattribute__(self, name)
+
+
 @dataclass
-class SourceConfig:
+class SourceConfig(_Section):
     """Where one dataset comes from. Keys that do not apply to the chosen source are ignored."""
 
     source: str = "synthetic"  # synthetic | local | url | hf
@@ -84,7 +102,7 @@ class DataConfig(SourceConfig):
 
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(_Section):
     vocab_size: int = 2048  # including the special tokens
     min_frequency: int = 2  # a pair must occur this often to be merged
     train_bytes: int = 0  # train on at most this many bytes of the corpus (0 = all of it)
@@ -100,7 +118,7 @@ class TokenizerConfig:
 
 
 @dataclass
-class TokenizeConfig:
+class TokenizeConfig(_Section):
     shard_tokens: int = 10_000_000  # tokens per .npy shard
     workers: int | str = "auto"  # encoding processes: auto = all cores
 
@@ -113,7 +131,7 @@ class TokenizeConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     """The Transformer's shape. `vocab_size` comes from the tokenizer, not from params.yaml."""
 
     preset: str = "tiny"
@@ -227,7 +245,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """One schema for pretraining and SFT: both run through the same loop."""
 
     steps: int = 1000  # optimizer steps
@@ -254,6 +272,8 @@ class TrainConfig:
     threads: int | str = "auto"  # CPU threads for torch (auto = all cores)
     on_nonfinite: str = "halt"  # a NaN/inf loss or grad norm: halt (keep the last good checkpoint) | skip the step
     peak_flops: float = 0.0  # the accelerator's peak FLOP/s for MFU (0 = look up the GPU by name)
+    final: str = "best"  # the stage's output model: best (lowest validation loss) | last (weights after the last step)
+    early_stop_patience: int = 0  # stop after this many validation passes without improvement (0 = never)
 
     def accum_steps(self, world: int, prefix: str) -> int:
         """Micro-batches per optimizer step on `world` ranks: `grad_accum`, or derived from `global_batch_tokens`."""
@@ -276,6 +296,8 @@ class TrainConfig:
         _choice(f"{prefix}.optimizer", self.optimizer, ("adamw", "muon"))
         _choice(f"{prefix}.schedule", self.schedule, ("cosine", "wsd", "constant"))
         _choice(f"{prefix}.on_nonfinite", self.on_nonfinite, ("halt", "skip"))
+        _choice(f"{prefix}.final", self.final, ("best", "last"))
+        _at_least(f"{prefix}.early_stop_patience", self.early_stop_patience, 0)
         _choice(f"{prefix}.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _choice(f"{prefix}.compile", self.compile, ("auto", True, False))
         _auto_or_int(f"{prefix}.threads", self.threads)
@@ -292,7 +314,7 @@ class TrainConfig:
 
 
 @dataclass
-class ParallelConfig:
+class ParallelConfig(_Section):
     mode: str = "none"  # none | ddp | zero1 | fsdp
     nproc: int | str = "auto"  # processes per node: auto = all GPUs (1 on CPU), or an int
     nnodes: int = 1  # machines taking part
@@ -316,7 +338,7 @@ class ParallelConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(_Section):
     model: str = "pretrain"  # which checkpoint to score: pretrain | sft
     max_items: int = 0  # score at most this many items (0 = all)
     batch_size: int = 32  # items per forward pass
@@ -328,7 +350,7 @@ class EvalConfig:
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(_Section):
     model: str = "sft"  # pretrain | sft
     prompts: list[str] = field(default_factory=lambda: ["Once upon a time"])  # plain text continuations
     chat_prompts: list[str] = field(default_factory=list)  # user messages rendered through the chat template
@@ -404,7 +426,34 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None
         node[leaf] = value
     params = _build(Params, raw, "")
     params.validate()
+    if os.environ.get(TRACE_ENV):
+        _start_trace(params)
     return params
+
+
+def _start_trace(params: Params) -> None:
+    """Record the keys read from now on (validation above read them all) and append them to the trace at exit."""
+    global _read_keys
+    import atexit
+    import sys
+
+    def mark(obj, path: str) -> None:
+        object.__setattr__(obj, "_path", path)
+        for f in dataclasses.fields(obj):
+            value = object.__getattribute__(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                mark(value, f"{path}.{f.name}")
+
+    for f in dataclasses.fields(params):
+        mark(getattr(params, f.name), f.name)
+    if _read_keys is None:
+        _read_keys = set()
+
+        def dump() -> None:
+            with open(os.environ[TRACE_ENV], "a") as fh:
+                fh.write(json.dumps({"argv": sys.argv, "keys": sorted(_read_keys)}) + "\n")
+
+        atexit.register(dump)
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

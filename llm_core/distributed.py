@@ -239,3 +239,8 @@ def relaunch_if_needed(parallel, module: str) -> None:
         # CPU ranks share the cores: torchrun would pin each to 1 thread only when OMP_NUM_THREADS is unset
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // resolve_nproc(parallel.nproc))))
     sys.exit(subprocess.run(cmd, env=env).returncode)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or the only process (usable before `setup`)."""
+    return int(os.environ.get("RANK", "0")) == 0

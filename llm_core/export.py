@@ -24,9 +24,9 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from llm_core import checkpoint
 from llm_core.config import ModelConfig
-from llm_core.model import Transformer
+from llm_core.model.io import load_model, write_model
+from llm_core.model.transformer import Transformer
 
 _LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -94,7 +94,7 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> Transfo
 
 def _write_tokenizer(tokenizer_dir: Path, out: Path, cfg: ModelConfig) -> tuple[int, int]:
     """Copy the tokenizer files, with the model's context length; returns (bos_id, end_id)."""
-    from llm_core.tokenizer import Tokenizer
+    from llm_core.data.tokenizer import Tokenizer
 
     tok = Tokenizer.from_dir(tokenizer_dir)
     if not all((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES):
@@ -219,14 +219,14 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.from_hf:
         model = import_hf(args.src)
-        checkpoint.write_model(args.dst, model)
+        write_model(args.dst, model)
         for name in TOKENIZER_FILES:
             if (args.src / name).is_file():
                 shutil.copy(args.src / name, args.dst / name)
         print(f"imported {args.src} -> {args.dst} ({model.num_params():,} parameters)")
         return
     try:
-        model = checkpoint.load_model(args.src)
+        model = load_model(args.src)
         out = export_hf(model, args.dst, args.tokenizer, dtype=DTYPES[args.dtype])
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"export failed: {e}")

@@ -2,8 +2,9 @@
 
 import argparse
 
-from llm_core import sources
+from llm_core import cli
 from llm_core.config import load_params
+from llm_core.data import sources
 
 
 def main() -> None:
@@ -18,4 +19,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run("download", main)

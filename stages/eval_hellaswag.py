@@ -4,10 +4,13 @@ import argparse
 
 import torch
 
-from llm_core import checkpoint, distributed, hellaswag, sources
+from llm_core import cli, distributed
 from llm_core.config import load_params
-from llm_core.tokenizer import Tokenizer
-from llm_core.tracking import write_metrics
+from llm_core.data import sources
+from llm_core.data.tokenizer import Tokenizer
+from llm_core.evaluation import hellaswag
+from llm_core.files import write_metrics
+from llm_core.model.io import load_model
 
 
 def main() -> None:
@@ -20,17 +23,17 @@ def main() -> None:
     params = load_params()
     ctx = distributed.setup(params.parallel.backend)
     tok = Tokenizer.from_dir(args.tokenizer)
-    model = checkpoint.load_model(args.model, attention=params.model.attention).to(ctx.device)
+    model = load_model(args.model, attention=params.model.attention).to(ctx.device)
     items = list(sources.read_dataset(args.items, "val", "download_hellaswag"))
     if params.eval.max_items:
         items = items[:params.eval.max_items]
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
         result = hellaswag.score_items(model, items, tok, params.eval.batch_size, ctx)
     if ctx.is_main:
-        write_metrics(args.metrics, {**result, "model": params.eval.model})
+        write_metrics(args.metrics, result)
         print(result)
     distributed.teardown()
 
 
 if __name__ == "__main__":
-    main()
+    cli.run("eval_hellaswag", main)

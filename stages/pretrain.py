@@ -1,19 +1,19 @@
 """Stage pretrain: train the Transformer on the token shards -> models/pretrain + metrics/pretrain.json."""
 
 import argparse
-import os
 from pathlib import Path
 
-from llm_core import distributed, loader, shards, sources
+from llm_core import cli, distributed
 from llm_core.config import load_params
-from llm_core.tokenizer import Tokenizer
-from llm_core.tracking import write_metrics
-from llm_core.train import Job, train
+from llm_core.data import loader, shards, sources
+from llm_core.data.tokenizer import Tokenizer
+from llm_core.files import write_metrics
+from llm_core.training.loop import Job, compared, train
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--tokens", required=True)
+    ap.add_argument("--tokens", required=True, help="pretraining token shards, e.g. data/tokens/pretrain")
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--raw", required=True, help="downloaded corpus (its info.json may know the entropy floor)")
     ap.add_argument("--out", required=True)
@@ -32,8 +32,8 @@ def main() -> None:
               data_fingerprint=shards.data_fingerprint(manifest), desc="pretrain")
     result = train(params.model.resolved(tok.vocab_size), cfg, params.parallel, job)
 
-    if int(os.environ.get("RANK", "0")) == 0:
-        metrics = dict(result)
+    if distributed.is_main_process():
+        metrics = compared(result)
         metrics["unigram_bpb"] = shards.unigram_bpb(train_rows.shards, val_rows.shards, tok.token_bytes())
         floor = sources.dataset_info(args.raw).get("entropy_floor_bpb")
         if floor is not None and "val_bpb" in metrics:
@@ -45,4 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run("pretrain", main)

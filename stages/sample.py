@@ -1,16 +1,16 @@
 """Stage sample: generate from plain and chat prompts -> metrics/samples.json (prompts, outputs, tokens/s)."""
 
 import argparse
-import json
-import os
-from pathlib import Path
 
 import torch
 
-from llm_core import chat, checkpoint
+from llm_core import cli
 from llm_core.config import load_params
-from llm_core.generate import SamplingParams, generate
-from llm_core.tokenizer import Tokenizer
+from llm_core.data import chat
+from llm_core.data.tokenizer import Tokenizer
+from llm_core.files import write_json
+from llm_core.inference.generate import SamplingParams, generate
+from llm_core.model.io import load_model
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     cfg = params.sample
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = Tokenizer.from_dir(args.tokenizer)
-    model = checkpoint.load_model(args.model, attention=params.model.attention).to(device)
+    model = load_model(args.model, attention=params.model.attention).to(device)
     sp = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     samples, tokens, seconds = [], 0, 0.0
@@ -36,13 +36,9 @@ def main() -> None:
         seconds += stats["decode_s"]
         samples.append({"kind": kind, "prompt": prompt, "output": tok.decode(out), "tokens": stats["tokens"]})
         print(f"[{kind}] {prompt!r} -> {tok.decode(out)!r}")
-    result = {"tokens_per_sec": tokens / seconds if seconds else 0.0, "num_samples": len(samples),
-              "model": cfg.model, "samples": samples}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out + ".tmp"
-    Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_json(args.out, {"tokens_per_sec": tokens / seconds if seconds else 0.0, "num_samples": len(samples),
+                          "samples": samples})
 
 
 if __name__ == "__main__":
-    main()
+    cli.run("sample", main)

@@ -20,7 +20,7 @@ def _deterministic():
 
 @pytest.fixture(scope="session")
 def stories():
-    from llm_core import synthetic
+    from llm_core.data import synthetic
 
     texts, _ = synthetic.generate_stories(7, 400)
     return texts
@@ -28,7 +28,7 @@ def stories():
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory, stories):
-    from llm_core.tokenizer import train_tokenizer
+    from llm_core.data.tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("tok")
     train_tokenizer(stories, 512, out)
@@ -37,6 +37,6 @@ def tokenizer_dir(tmp_path_factory, stories):
 
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir):
-    from llm_core.tokenizer import Tokenizer
+    from llm_core.data.tokenizer import Tokenizer
 
     return Tokenizer.from_dir(tokenizer_dir)

@@ -51,9 +51,9 @@ def pipeline_copy(dst: Path, overrides: dict) -> Path:
     return dst
 
 
-def run_ok(cmd: list[str], cwd: Path) -> str:
+def run_ok(cmd: list[str], cwd: Path, timeout: float | None = None, **env: str) -> str:
     """Run a command with the project environment; its output, or a failure that shows the end of it."""
-    proc = subprocess.run(cmd, cwd=cwd, env=project_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=project_env(**env), capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
     return out

@@ -13,8 +13,8 @@ import numpy as np
 
 from llm_core import distributed
 from llm_core.config import ModelConfig, ParallelConfig, TrainConfig
-from llm_core.loader import StreamRows
-from llm_core.train import Job, train
+from llm_core.data.loader import StreamRows
+from llm_core.training.loop import Job, train
 
 STEPS = 10
 

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llm_core import sources
 from llm_core.config import DataConfig, SourceConfig
+from llm_core.data import sources
 
 BODY = "".join(json.dumps({"text": f"document number {i} " + "word " * (i % 50)}) + "\n" for i in range(400)).encode()
 

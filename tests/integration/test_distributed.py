@@ -23,7 +23,7 @@ import yaml
 
 from llm_core import distributed
 from llm_core.config import ParallelConfig
-from llm_core.train import train
+from llm_core.training.loop import train
 from tests.helpers import pipeline_copy
 from tests.integration import dist_worker as W
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.helpers import pipeline_copy, project_env, run_ok
+from tests.pipeline_graph import params_report
 
 TINY = {
     "data": {"num_docs": 300, "sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "val_fraction": 0.1},
@@ -41,16 +42,23 @@ def repo(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_repro_end_to_end_then_incremental(repo: Path):
+def test_repro_end_to_end_then_incremental(repo: Path, tmp_path: Path):
     dvc = [sys.executable, "-m", "dvc"]
-    out = run(dvc + ["repro"], repo)
+    trace = tmp_path / "params_read.jsonl"
+    out = run(dvc + ["repro"], repo, LLM_CORE_TRACE_PARAMS=str(trace))
     assert set(ran_stages(out)) == {"download_pretrain", "download_sft", "download_hellaswag", "train_tokenizer",
-                                    "tokenize", "pretrain", "sft", "eval_hellaswag", "sample"}
+                                    "tokenize", "tokenize_sft", "pretrain", "sft", "eval_hellaswag", "sample"}
+    # every params key a stage read while running is declared for it in dvc.yaml
+    missing, unused = params_report(trace, repo / "dvc.yaml")
+    assert not missing, "dvc.yaml is missing params:\n" + "\n".join(missing)
+    print("\n".join(unused))  # keys of sources not used by this configuration (e.g. data.url): reported only
     pre = json.loads((repo / "metrics/pretrain.json").read_text())
-    for key in ("train_loss", "val_loss", "val_bpb", "entropy_floor_bpb", "unigram_bpb", "tokens", "tokens_per_sec"):
+    for key in ("train_loss", "val_loss", "val_bpb", "val_ppl", "val_token_acc", "entropy_floor_bpb", "unigram_bpb",
+                "tokens_per_sec", "best_step", "stopped_early"):
         assert key in pre, key
+    assert pre["val_ppl"] == pytest.approx(2.718281828 ** pre["val_loss"], rel=1e-4)
     sft = json.loads((repo / "metrics/sft.json").read_text())
-    assert {"train_loss", "val_loss", "tokens"} <= set(sft)
+    assert {"train_loss", "val_loss", "val_ppl", "val_token_acc"} <= set(sft)
     hs = json.loads((repo / "metrics/hellaswag.json").read_text())
     assert hs["num_items"] == 24 and 0 <= hs["acc"] <= 1 and 0 <= hs["acc_norm"] <= 1
     samples = json.loads((repo / "metrics/samples.json").read_text())
@@ -68,6 +76,28 @@ def test_repro_end_to_end_then_incremental(repo: Path):
     assert ran_stages(run(dvc + ["repro"], repo)) == ["sample"]
     status = run(dvc + ["status"], repo)
     assert "up to date" in status
+
+    # the SFT data has its own shards: changing it leaves pretraining (and its checkpoints) alone
+    pretrained = (repo / "models/pretrain/model.safetensors").read_bytes()
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["sft"]["num_docs"] = 150
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(run(dvc + ["repro"], repo)) == ["download_sft", "tokenize_sft", "sft", "sample"]
+    assert (repo / "models/pretrain/model.safetensors").read_bytes() == pretrained
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_processes_runs_through_validation(repo: Path):
+    """Validation rows that do not fill whole global batches once hung FSDP (one rank ran an extra forward)."""
+    dvc = [sys.executable, "-m", "dvc"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["parallel"].update(mode="fsdp", nproc=2)
+    params["pretrain"].update(eval_batches=1000, steps=4, eval_every=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(dvc + ["repro", "pretrain"], repo, timeout=600)
+    assert "torch.distributed.run" in out and ran_stages(out) == ["pretrain"]
+    info = json.loads((repo / "models/pretrain/train_info.json").read_text())
+    assert info["steps"] == 4 and "val_loss" in info
 
 
 @pytest.mark.slow

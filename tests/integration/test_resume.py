@@ -19,9 +19,8 @@ import safetensors.torch
 import torch
 import yaml
 
+from llm_core.training.checkpoint import FAULT_ENV
 from tests.helpers import pipeline_copy
-
-from llm_core.checkpoint import FAULT_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {

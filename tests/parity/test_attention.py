@@ -16,10 +16,10 @@ _TRITON_TOO_EARLY = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET
 if CPU_INTERPRETER:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from llm_core.attention import BACKENDS, attention  # noqa: E402
+from llm_core.model.attention import BACKENDS, attention  # noqa: E402
 
 try:
-    from llm_core.attention import flash  # noqa: E402
+    from llm_core.model.attention import flash  # noqa: E402
 except ImportError:  # triton is Linux-only
     flash = None
 

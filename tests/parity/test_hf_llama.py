@@ -6,9 +6,11 @@ import json
 import pytest
 import torch
 
-from llm_core import chat, checkpoint, export
-from llm_core.generate import SamplingParams, generate
-from llm_core.model import Transformer
+from llm_core import export
+from llm_core.data import chat
+from llm_core.inference.generate import SamplingParams, generate
+from llm_core.model.io import load_model, write_model
+from llm_core.model.transformer import Transformer
 from tests.helpers import tiny_model_config
 
 transformers = pytest.importorskip("transformers")
@@ -45,7 +47,7 @@ def exported(tmp_path_factory, tokenizer_dir, tokenizer):
     root = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
     model = Transformer(tiny_model_config(vocab_size=tokenizer.vocab_size)).eval()
-    checkpoint.write_model(root / "sft", model)
+    write_model(root / "sft", model)
     export.main([str(root / "sft"), str(root / "sft-hf"), "--tokenizer", str(tokenizer_dir), "--verify"])
     return model, root
 
@@ -94,7 +96,7 @@ def test_exported_tokenizer_matches_ours(exported, tokenizer):
 def test_import_command_round_trips(exported, tmp_path):
     model, root = exported
     export.main(["--from-hf", str(root / "sft-hf"), str(tmp_path / "back")])
-    back = checkpoint.load_model(tmp_path / "back")
+    back = load_model(tmp_path / "back")
     x = torch.randint(0, model.cfg.vocab_size, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(back(x), model(x))

@@ -1,6 +1,6 @@
 import pytest
 
-from llm_core import chat
+from llm_core.data import chat
 
 CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What colour was the ball?"},
         {"role": "assistant", "content": "It was red."}]

@@ -5,9 +5,11 @@ import sys
 
 import torch
 
-from llm_core import checkpoint, distributed, optim
+from llm_core import distributed
 from llm_core.config import TrainConfig
-from llm_core.model import Transformer
+from llm_core.model.io import load_model
+from llm_core.model.transformer import Transformer
+from llm_core.training import checkpoint, optim
 from tests.helpers import tiny_model_config
 
 SOLO = distributed.Context()
@@ -92,14 +94,14 @@ def test_process_killed_inside_save_leaves_nothing_loadable(tmp_path):
 def test_final_model_loads_back(tmp_path):
     model, _ = make()
     checkpoint.save_final(tmp_path, model.cfg, model.state_dict(), {"note": 1})
-    loaded = checkpoint.load_model(tmp_path)
+    loaded = load_model(tmp_path)
     x = torch.randint(0, 512, (1, 8))
     torch.testing.assert_close(loaded(x), model(x))
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
     try:
-        checkpoint.load_model(tmp_path)
+        load_model(tmp_path)
     except FileNotFoundError as e:
         assert "dvc repro" in str(e)
     else:

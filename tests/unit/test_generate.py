@@ -1,7 +1,7 @@
 import torch
 
-from llm_core.generate import SamplingParams, apply_repetition_penalty, filter_logits, generate, sample_next
-from llm_core.model import Transformer
+from llm_core.inference.generate import SamplingParams, apply_repetition_penalty, filter_logits, generate, sample_next
+from llm_core.model.transformer import Transformer
 from tests.helpers import tiny_model_config
 
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from llm_core import hellaswag
-from llm_core.model import Transformer
+from llm_core.evaluation import hellaswag
+from llm_core.model.transformer import Transformer
 from tests.helpers import tiny_model_config
 
 

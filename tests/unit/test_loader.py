@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_core.loader import IGNORE, Loader, PackedRows, StreamRows
+from llm_core.data.loader import IGNORE, Loader, PackedRows, StreamRows
 
 
 def stream(n=10_000):

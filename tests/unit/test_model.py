@@ -5,8 +5,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from llm_core.config import PRESETS, ModelConfig
-from llm_core.generate import SamplingParams, generate
-from llm_core.model import KVCache, Transformer, apply_rope, rope_tables
+from llm_core.inference.generate import SamplingParams, generate
+from llm_core.model.transformer import KVCache, Transformer, apply_rope, rope_tables
 from tests.helpers import tiny_model_config
 
 GPT2_VOCAB = 50257
@@ -133,7 +133,7 @@ def test_config_without_init_std_still_builds():
 
 def _triton_usable() -> str:
     try:
-        import llm_core.attention.flash  # noqa: F401
+        import llm_core.model.attention.flash  # noqa: F401
     except ImportError:
         return "triton is not installed"
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from llm_core import optim
 from llm_core.config import TrainConfig
-from llm_core.model import Transformer
+from llm_core.model.transformer import Transformer
+from llm_core.training import optim
 from tests.helpers import tiny_model_config
 
 

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from llm_core import shards, sources
 from llm_core.config import DataConfig, SourceConfig
+from llm_core.data import shards, sources
 
 
 @pytest.fixture(scope="module")
@@ -13,7 +13,8 @@ def tokens(tmp_path_factory, tokenizer):
     data = DataConfig(num_docs=120, val_fraction=0.1, sft=SourceConfig(num_docs=30))
     sources.write_dataset("pretrain", data, root / "raw")
     sources.write_dataset("sft", data, root / "sft")
-    shards.tokenize_all(root / "raw", root / "sft", tokenizer, root / "tokens", shard_tokens=4096, workers=2)
+    shards.tokenize_pretrain(root / "raw", tokenizer, root / "tokens", shard_tokens=4096, workers=2)
+    shards.tokenize_sft(root / "sft", tokenizer, root / "sft_tokens")
     return root
 
 
@@ -30,8 +31,9 @@ def test_shards_hold_the_corpus_with_bos_per_document(tokens, tokenizer):
 
 
 def test_sft_arrays_align(tokens, tokenizer):
-    manifest = shards.load_manifest(tokens / "tokens", tokenizer)
-    t, m, o = shards.sft_arrays(tokens / "tokens", "train", manifest)
+    manifest = shards.load_manifest(tokens / "sft_tokens", tokenizer)
+    assert manifest["kind"] == "sft"
+    t, m, o = shards.sft_arrays(tokens / "sft_tokens", "train", manifest)
     assert len(t) == len(m) == o[-1] and m.sum() > 0
 
 
@@ -41,7 +43,7 @@ def test_truncated_shard_is_detected(tokens, tokenizer, tmp_path):
     copy = tmp_path / "tokens"
     shutil.copytree(tokens / "tokens", copy)
     manifest = shards.load_manifest(copy, tokenizer)
-    victim = copy / "pretrain" / "train_00000.npy"
+    victim = copy / "train_00000.npy"
     victim.write_bytes(victim.read_bytes()[:-100])
     with pytest.raises(ValueError, match="truncated.*dvc repro tokenize"):
         shards.pretrain_shards(copy, "train", manifest)
@@ -87,8 +89,8 @@ def read_all(token_dir):
 
 
 def test_processes_give_the_same_shards_as_one_process(grouped_raw, tokenizer, tmp_path):
-    one = shards.tokenize_all(grouped_raw, None, tokenizer, tmp_path / "one", shard_tokens=2000, workers=1)
-    two = shards.tokenize_all(grouped_raw, None, tokenizer, tmp_path / "two", shard_tokens=2000, workers=2)
+    one = shards.tokenize_pretrain(grouped_raw, tokenizer, tmp_path / "one", shard_tokens=2000, workers=1)
+    two = shards.tokenize_pretrain(grouped_raw, tokenizer, tmp_path / "two", shard_tokens=2000, workers=2)
     assert one == two and len(one["files"]) > 4
     assert read_all(tmp_path / "one") == read_all(tmp_path / "two")
     assert not (tmp_path / "two.resume.tmp").exists()  # no work folder left behind
@@ -96,7 +98,7 @@ def test_processes_give_the_same_shards_as_one_process(grouped_raw, tokenizer, t
 
 def test_killed_run_resumes_after_the_last_finished_shard(grouped_raw, tokenizer, tmp_path, monkeypatch):
     reference = tmp_path / "ref"
-    shards.tokenize_all(grouped_raw, None, tokenizer, reference, shard_tokens=1500, workers=1)
+    shards.tokenize_pretrain(grouped_raw, tokenizer, reference, shard_tokens=1500, workers=1)
     calls = []
     real_call, real_save = shards.GroupEncoder.__call__, shards._save
 
@@ -113,12 +115,12 @@ def test_killed_run_resumes_after_the_last_finished_shard(grouped_raw, tokenizer
     monkeypatch.setattr(shards, "_save", dying)
     out = tmp_path / "tokens"
     with pytest.raises(KeyboardInterrupt):
-        shards.tokenize_all(grouped_raw, None, tokenizer, out, shard_tokens=1500, workers=1)
+        shards.tokenize_pretrain(grouped_raw, tokenizer, out, shard_tokens=1500, workers=1)
     assert not out.exists()
     first_run = len(calls)
     monkeypatch.setattr(shards, "_save", real_save)
     calls.clear()
-    shards.tokenize_all(grouped_raw, None, tokenizer, out, shard_tokens=1500, workers=1)
+    shards.tokenize_pretrain(grouped_raw, tokenizer, out, shard_tokens=1500, workers=1)
     total = len(shards._tasks(grouped_raw, "train")) + len(shards._tasks(grouped_raw, "val"))
     assert len(calls) < total and first_run + len(calls) < total + 3  # finished shards' groups are not redone
     assert read_all(out) == read_all(reference)
@@ -131,28 +133,29 @@ def test_other_tokenizer_does_not_resume_a_stale_run(grouped_raw, tokenizer, tmp
 
     monkeypatch.setattr(shards, "_save", dying)
     with pytest.raises(KeyboardInterrupt):
-        shards.tokenize_all(grouped_raw, None, tokenizer, tmp_path / "tokens", shard_tokens=1500, workers=1)
+        shards.tokenize_pretrain(grouped_raw, tokenizer, tmp_path / "tokens", shard_tokens=1500, workers=1)
     stale = list((tmp_path / "tokens.resume.tmp").iterdir())
     assert len(stale) == 1
     monkeypatch.undo()
-    shards.tokenize_all(grouped_raw, None, tokenizer, tmp_path / "tokens", shard_tokens=1024, workers=1)
+    shards.tokenize_pretrain(grouped_raw, tokenizer, tmp_path / "tokens", shard_tokens=1024, workers=1)
     assert not (tmp_path / "tokens.resume.tmp").exists()
     manifest = shards.load_manifest(tmp_path / "tokens", tokenizer)
-    assert all(f["tokens"] == 1024 for n, f in manifest["files"].items() if n < "pretrain/train_00001.npy")
+    assert all(f["tokens"] == 1024 for n, f in manifest["files"].items() if n < "train_00001.npy")
 
 
-def test_pretrained_encoding_tokenizes_pretraining_and_skips_chats(tokens, tmp_path, monkeypatch):
+def test_pretrained_encoding_tokenizes_pretraining_and_refuses_chats(tokens, tmp_path, monkeypatch):
     import tiktoken
 
-    from llm_core.tokenizer import SPLIT_PATTERN, Tokenizer
+    from llm_core.data.tokenizer import SPLIT_PATTERN, Tokenizer
 
     ranks = {bytes([b]): b for b in range(256)} | {b"th": 256, b"the": 257}
     fake = tiktoken.Encoding("fake", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": 258}, explicit_n_vocab=259)
     monkeypatch.setattr(tiktoken, "get_encoding", lambda name: fake)
     tok = Tokenizer.from_tiktoken_name("gpt2")
-    manifest = shards.tokenize_all(tokens / "raw", tokens / "sft", tok, tmp_path / "t", shard_tokens=100_000,
-                                   workers=1)
-    assert "chat role tokens" in manifest["sft_skipped"] and not any(n.startswith("sft/") for n in manifest["files"])
+    manifest = shards.tokenize_pretrain(tokens / "raw", tok, tmp_path / "t", shard_tokens=100_000, workers=1)
+    with pytest.raises(ValueError, match="chat role tokens"):
+        shards.tokenize_sft(tokens / "sft", tok, tmp_path / "sft")
+    assert not (tmp_path / "sft").exists()
     stream = np.concatenate(shards.pretrain_shards(tmp_path / "t", "train", manifest))
     assert stream[0] == 258 and (stream == 258).sum() == len(list(sources.iter_texts(tokens / "raw", "train")))

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llm_core import sources
 from llm_core.config import DataConfig, SourceConfig
+from llm_core.data import sources
 
 
 def local(paths, **kw):

@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from llm_core import synthetic as syn
+from llm_core.data import synthetic as syn
 
 _C, _O, _A, _P = ("|".join(words) for words in (syn.COLORS, syn.OBJECTS, syn.ANIMALS, syn.PLACES))
 _HELLASWAG_KEYS = {"ind": int, "activity_label": str, "ctx_a": str, "ctx_b": str, "ctx": str, "endings": list,

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from llm_core import checkpoint
 from llm_core.config import ParallelConfig, ParamsError, TrainConfig
-from llm_core.loader import Loader, StreamRows
-from llm_core.train import Job, NonFiniteError, train
+from llm_core.data.loader import Loader, StreamRows
+from llm_core.model.io import load_model
+from llm_core.training import checkpoint
+from llm_core.training.loop import Job, NonFiniteError, train
 from tests.helpers import tiny_model_config
 
 rng = np.random.default_rng(0)
@@ -30,7 +31,7 @@ def cfg(**kw):
 
 
 def final_weights(path):
-    return checkpoint.load_model(path).state_dict()
+    return load_model(path).state_dict()
 
 
 def test_loss_goes_down_and_outputs_exist(tmp_path):
@@ -96,7 +97,7 @@ def test_grad_accum_matches_bigger_batch(tmp_path):
 
 
 def test_nonfinite_halt_keeps_checkpoint_and_skip_counts(tmp_path, monkeypatch):
-    import llm_core.train as T
+    import llm_core.training.loop as T
 
     real = T.loss_fn
     calls = {"n": 0}

@@ -22,16 +22,16 @@ import hashlib
 import itertools
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import tiktoken
-from tokenizers import AddedToken, Regex
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+from llm_core.files import write_bytes, write_json
 
 BOS = "<|bos|>"
 END = "<|end|>"
@@ -182,16 +182,6 @@ def _non_empty(texts: Iterable[str]) -> Iterator[str]:
                      "(data/raw/pretrain) has documents, e.g. rerun its download stage")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path, min_frequency: int = 2,
                     show_progress: bool = False, *, model_max_length: int | None = None) -> Tokenizer:
@@ -228,8 +218,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path, 
     }
     data = hf.to_str(pretty=True).encode()
     (out / "tiktoken.json").unlink(missing_ok=True)  # from_dir must not find a stale pretrained reference
-    _write_atomic(out / "tokenizer_config.json", (json.dumps(config, indent=2) + "\n").encode())
-    _write_atomic(out / "tokenizer.json", data)  # last: its presence means the directory is complete
+    write_json(out / "tokenizer_config.json", config)
+    write_bytes(out / "tokenizer.json", data)  # last: its presence means the directory is complete
     return Tokenizer._from_hf(hf, data)
 
 
@@ -240,7 +230,7 @@ def write_tiktoken_reference(name: str, out_dir: str | Path) -> Tokenizer:
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("tokenizer.json", "tokenizer_config.json"):
         (out / stale).unlink(missing_ok=True)
-    _write_atomic(out / "tiktoken.json", (json.dumps({"tiktoken": name}) + "\n").encode())
+    write_json(out / "tiktoken.json", {"tiktoken": name})
     return tok
 
 

@@ -137,25 +137,24 @@ class Loader:
         self._order = self._permutation(self.epoch)
 
     def eval_batches(self, num_batches: int):
-        """A fixed, unshuffled prefix of the rows, split across ranks: every rank scores a different part."""
-        order = np.arange(len(self.rows))
-        for b in range(num_batches):
-            start = b * self.batch_size * self.world + self.rank * self.batch_size
-            picked = order[start:start + self.batch_size]
-            if len(picked) < self.batch_size:
-                return
-            xs, ys = zip(*(self.rows.get(int(i)) for i in picked))
+        """A fixed, unshuffled prefix of the rows split across ranks. Every rank yields the same number of batches
+        (only whole global batches are used): a rank that ran one forward more than the others would wait forever in
+        FSDP's all-gather."""
+        global_batch = self.batch_size * self.world
+        for b in range(min(num_batches, len(self.rows) // global_batch)):
+            start = b * global_batch + self.rank * self.batch_size
+            xs, ys = zip(*(self.rows.get(i) for i in range(start, start + self.batch_size)))
             yield torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
 def pretrain_rows(token_dir, split: str, seq_len: int, manifest: dict) -> StreamRows:
-    from llm_core import shards
+    from llm_core.data import shards
 
     return StreamRows(shards.pretrain_shards(token_dir, split, manifest), seq_len)
 
 
 def sft_rows(token_dir, split: str, seq_len: int, manifest: dict, pad_id: int) -> PackedRows:
-    from llm_core import shards
+    from llm_core.data import shards
 
     tokens, mask, offsets = shards.sft_arrays(token_dir, split, manifest)
     return PackedRows(tokens, mask, offsets, seq_len, pad_id)

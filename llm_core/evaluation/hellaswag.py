@@ -12,8 +12,8 @@ from collections.abc import Iterable
 import torch
 
 from llm_core import distributed
-from llm_core.train import loss_fn
-from llm_core.loader import IGNORE
+from llm_core.data.loader import IGNORE
+from llm_core.evaluation.metrics import loss_fn
 
 
 def item_rows(item: dict, tokenizer, max_len: int) -> tuple[list[list[int]], list[int]]:

@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from llm_core import synthetic
 from llm_core.config import DataConfig, SourceConfig
+from llm_core.data import synthetic
+from llm_core.files import file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -367,14 +368,6 @@ def _transfer(url: str, part: Path, chunk: int, key: str) -> None:
             raise _Interrupted(f"connection closed after {got} of {total} bytes")
 
 
-def file_sha256(path: Path) -> str:
-    """Checksum of a file read in blocks (downloads and token shards can be larger than memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _hf(kind: str, src: SourceConfig, stats: dict) -> Iterator[dict]:
     """Stream a hub dataset, or a local dataset folder (save_to_disk output, or a folder of parquet / jsonl)."""
@@ -471,7 +464,7 @@ def write_dataset(kind: str, data: DataConfig, out_dir: str | Path, rows_per_sha
                         "validation; add more data or lower data.val_fraction")
     info = {"kind": kind, "source": src.source, "docs_train": counts["train"], "docs_val": counts["val"],
             "bytes": n_bytes, **stats}
-    (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(tmp / "info.json", info)
     # swap in only once complete, so a failed run leaves the previous output intact
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -6,8 +6,6 @@ interleaved or duplicated across processes.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -123,13 +121,3 @@ def _live_class():
                 logging.getLogger(__name__).warning("dvclive: repository introspection failed (%s); logging files only", e)
 
     return SafeLive
-
-
-def write_metrics(path: str | Path, metrics: dict) -> None:
-    """Flat JSON, written atomically: `dvc metrics diff` reads it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    clean = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
-    tmp.write_text(json.dumps(clean, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llm_core.attention import attention
 from llm_core.config import PRESETS, ModelConfig
+from llm_core.model.attention import attention
 
 
 class RMSNorm(nn.Module):

@@ -1,9 +1,9 @@
 """Token shards: parallel, resumable writing, the manifest, and verified memory-mapped reading.
 
-Layout of `data/tokens/`:
-    pretrain/{train,val}_00000.npy   documents as one stream, each opened by <|bos|>
-    sft/{train,val}_tokens.npy, sft/{train,val}_mask.npy, sft/{train,val}_offsets.npy   rendered chats + loss masks
-    manifest.json   tokenizer fingerprint, dtype, per-file token counts and sha256
+Two folders, each with its own `manifest.json` (tokenizer fingerprint, dtype, per-file token counts and sha256), so
+pretraining and SFT each depend only on their own data:
+    data/tokens/pretrain/{train,val}_00000.npy   documents as one stream, each opened by <|bos|>
+    data/tokens/sft/{train,val}_{tokens,mask,offsets}.npy   rendered chats + loss masks + chat boundaries
 uint16 when the vocabulary fits in it (half the disk and page cache of uint32), else uint32.
 
 Encoding runs on worker processes (tiktoken's Python-side work and the parquet decoding both hold the GIL, so
@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from llm_core import chat, sources
+from llm_core.data import chat, sources
+from llm_core.files import file_sha256, write_json
 
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
@@ -42,56 +43,66 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def _save(path: Path, array: np.ndarray, files: dict) -> None:
     np.save(path, array)
-    files[str(path.relative_to(path.parents[1]))] = {"tokens": int(array.shape[0]),
-                                                     "sha256": sources.file_sha256(path)}
+    files[path.name] = {"tokens": int(array.shape[0]), "sha256": file_sha256(path)}
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
-
-def tokenize_all(raw_pretrain: Path, raw_sft: Path | None, tokenizer, out_dir: Path, shard_tokens: int,
-                 workers: int) -> dict:
-    """Encode the pretrain corpus (and the SFT chats) into shards; returns the manifest."""
-    out_dir, raw_pretrain = Path(out_dir), Path(raw_pretrain)
-    dtype = token_dtype(tokenizer.vocab_size)
-    tasks = {split: _tasks(raw_pretrain, split) for split in ("train", "val")}
-    key = _run_key(tasks, raw_pretrain, tokenizer, shard_tokens, dtype)
-    work_root = out_dir.with_name(out_dir.name + ".resume.tmp")
-    for stale in work_root.glob("*") if work_root.exists() else []:
-        if stale.name != key:  # another tokenizer or other input: nothing in it can be reused
-            shutil.rmtree(stale)
-    work = work_root / key
-    progress = _load_progress(work)
-    (work / "pretrain").mkdir(parents=True, exist_ok=True)
-    with GroupEncoder.pool(tokenizer, dtype, workers) as encode:
-        for split in ("train", "val"):
-            _encode_pretrain(tasks[split], split, encode, work, dtype, shard_tokens, progress)
-    files = dict(progress["files"])
-    manifest = {"tokenizer_fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
-                "bos_id": tokenizer.bos_id, "dtype": dtype.name}
-    shutil.rmtree(work / "sft", ignore_errors=True)
-    if raw_sft is not None:
-        missing = [r for r in chat.ROLES if f"<|{r}|>" not in tokenizer.special_ids]
-        if missing:  # a pretrained encoding has no role tokens to render chats with
-            manifest["sft_skipped"] = f"tokenizer {tokenizer.name} has no chat role tokens; use tokenizer.source: train"
-        else:
-            (work / "sft").mkdir()
-            for split in ("train", "val"):
-                _encode_sft(Path(raw_sft), split, tokenizer, work / "sft", dtype, files)
-    manifest["files"] = files
-    _write_json(work / MANIFEST, manifest)
-    (work / PROGRESS).unlink()
-    # swap in complete output only: a failed run keeps the previous shards
+def _swap_in(work: Path, out_dir: Path) -> None:
+    """Replace out_dir by the finished work folder: a failed run keeps the previous shards."""
     old = out_dir.with_name(out_dir.name + ".old.tmp")
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():
         os.replace(out_dir, old)
     os.replace(work, out_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _header(tokenizer, dtype: np.dtype, kind: str) -> dict:
+    return {"kind": kind, "tokenizer_fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
+            "bos_id": tokenizer.bos_id, "dtype": dtype.name}
+
+
+def tokenize_pretrain(raw: Path, tokenizer, out_dir: Path, shard_tokens: int, workers: int) -> dict:
+    """Encode the pretraining corpus into shards in out_dir (with its manifest); returns the manifest."""
+    out_dir, raw = Path(out_dir), Path(raw)
+    dtype = token_dtype(tokenizer.vocab_size)
+    tasks = {split: _tasks(raw, split) for split in ("train", "val")}
+    key = _run_key(tasks, raw, tokenizer, shard_tokens, dtype)
+    work_root = out_dir.with_name(out_dir.name + ".resume.tmp")
+    for stale in work_root.glob("*") if work_root.exists() else []:
+        if stale.name != key:  # another tokenizer or other input: nothing in it can be reused
+            shutil.rmtree(stale)
+    work = work_root / key
+    progress = _load_progress(work)
+    work.mkdir(parents=True, exist_ok=True)
+    with GroupEncoder.pool(tokenizer, dtype, workers) as encode:
+        for split in ("train", "val"):
+            _encode_pretrain(tasks[split], split, encode, work, dtype, shard_tokens, progress)
+    manifest = {**_header(tokenizer, dtype, "pretrain"), "files": dict(progress["files"])}
+    write_json(work / MANIFEST, manifest)
+    (work / PROGRESS).unlink()
+    _swap_in(work, out_dir)
     shutil.rmtree(work_root, ignore_errors=True)
+    return manifest
+
+
+def tokenize_sft(raw: Path, tokenizer, out_dir: Path) -> dict:
+    """Render the SFT chats through the chat template into token + loss-mask arrays in out_dir; returns the manifest."""
+    out_dir = Path(out_dir)
+    missing = [r for r in chat.ROLES if f"<|{r}|>" not in tokenizer.special_ids]
+    if missing:  # a pretrained encoding has no role tokens to render chats with
+        raise ValueError(f"tokenizer {tokenizer.name} has no chat role tokens ({', '.join(missing)}), so chats "
+                         "cannot be rendered for SFT; use tokenizer.source: train")
+    dtype = token_dtype(tokenizer.vocab_size)
+    work = out_dir.with_name(out_dir.name + ".work.tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    files: dict = {}
+    for split in ("train", "val"):
+        _encode_sft(Path(raw), split, tokenizer, work, dtype, files)
+    manifest = {**_header(tokenizer, dtype, "sft"), "files": files}
+    write_json(work / MANIFEST, manifest)
+    _swap_in(work, out_dir)
     return manifest
 
 
@@ -212,7 +223,7 @@ def _encode_pretrain(tasks: list, split: str, encode: _Pool, out: Path, dtype: n
 
     def write(stream: np.ndarray, n: int) -> np.ndarray:
         piece, rest = stream[:n], stream[n:]
-        _save(out / "pretrain" / f"{split}_{state['shards']:05d}.npy", piece, progress["files"])
+        _save(out / f"{split}_{state['shards']:05d}.npy", piece, progress["files"])
         state["shards"] += 1
         while n:
             take = min(n, spans[0][2])
@@ -222,7 +233,7 @@ def _encode_pretrain(tasks: list, split: str, encode: _Pool, out: Path, dtype: n
             if not spans[0][2]:
                 spans.popleft()
         state["next_task"], state["skip"] = (spans[0][0], spans[0][1]) if spans else (last + 1, 0)
-        _write_json(out / PROGRESS, progress)
+        write_json(out / PROGRESS, progress)
         return rest
 
     n_buf = 0
@@ -244,7 +255,7 @@ def _encode_pretrain(tasks: list, split: str, encode: _Pool, out: Path, dtype: n
     if n_buf:
         write(np.concatenate(buf), n_buf)
     state.update(done=True, next_task=len(tasks), skip=0)
-    _write_json(out / PROGRESS, progress)
+    write_json(out / PROGRESS, progress)
 
 
 def _encode_sft(raw: Path, split: str, tokenizer, out: Path, dtype, files: dict) -> None:
@@ -268,11 +279,11 @@ def load_manifest(token_dir: str | Path, tokenizer=None) -> dict:
     """The manifest, checked against the tokenizer that will interpret the ids."""
     path = Path(token_dir) / MANIFEST
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `dvc repro tokenize` first")
+        raise FileNotFoundError(f"{path} not found: run `dvc repro tokenize tokenize_sft` first")
     manifest = json.loads(path.read_text())
     if tokenizer is not None and manifest["tokenizer_fingerprint"] != tokenizer.fingerprint:
         raise ValueError(f"{token_dir} was made by another tokenizer (fingerprint {manifest['tokenizer_fingerprint']}"
-                         f", current {tokenizer.fingerprint}); run `dvc repro tokenize` to re-encode the corpus")
+                         f", current {tokenizer.fingerprint}); run `dvc repro tokenize tokenize_sft` to re-encode")
     return manifest
 
 
@@ -281,19 +292,20 @@ def open_shard(token_dir: str | Path, name: str, manifest: dict, verify: bool = 
     path = Path(token_dir) / name
     entry = manifest["files"].get(name)
     if entry is None or not path.exists():
-        raise FileNotFoundError(f"{path} is missing; run `dvc repro tokenize` to rebuild the token shards")
+        raise FileNotFoundError(f"{path} is missing; run `dvc repro tokenize tokenize_sft` to rebuild it")
     try:
         arr = np.load(path, mmap_mode="r")
     except ValueError as e:  # numpy refuses a file shorter than its header promises
-        raise ValueError(f"{path} is truncated or corrupt ({e}); run `dvc repro tokenize` to rebuild it") from None
-    if arr.shape[0] != entry["tokens"] or (verify and sources.file_sha256(path) != entry["sha256"]):
+        raise ValueError(f"{path} is truncated or corrupt ({e}); "
+                         "run `dvc repro tokenize tokenize_sft` to rebuild it") from None
+    if arr.shape[0] != entry["tokens"] or (verify and file_sha256(path) != entry["sha256"]):
         raise ValueError(f"{path} does not match manifest.json (truncated or modified: {arr.shape[0]} tokens, "
-                         f"expected {entry['tokens']}); run `dvc repro tokenize` to rebuild it")
+                         f"expected {entry['tokens']}); run `dvc repro tokenize tokenize_sft` to rebuild it")
     return arr
 
 
 def pretrain_shards(token_dir: str | Path, split: str, manifest: dict) -> list[np.ndarray]:
-    names = sorted(n for n in manifest["files"] if n.startswith(f"pretrain/{split}_"))
+    names = sorted(n for n in manifest["files"] if n.startswith(f"{split}_"))
     if not names:
         raise ValueError(f"{token_dir}: no {split} token shards; the corpus may be too small for a {split} split "
                          "(raise data.num_docs or data.val_fraction) — then run `dvc repro tokenize`")
@@ -301,9 +313,9 @@ def pretrain_shards(token_dir: str | Path, split: str, manifest: dict) -> list[n
 
 
 def sft_arrays(token_dir: str | Path, split: str, manifest: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if f"sft/{split}_tokens.npy" not in manifest["files"]:
-        raise FileNotFoundError(f"{token_dir} has no SFT tokens; run `dvc repro tokenize`")
-    return tuple(open_shard(token_dir, f"sft/{split}_{part}.npy", manifest, verify=True)
+    if manifest.get("kind") != "sft" or f"{split}_tokens.npy" not in manifest["files"]:
+        raise FileNotFoundError(f"{token_dir} holds no SFT tokens; run `dvc repro tokenize_sft`")
+    return tuple(open_shard(token_dir, f"{split}_{part}.npy", manifest, verify=True)
                  for part in ("tokens", "mask", "offsets"))
 
 

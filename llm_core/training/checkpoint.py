@@ -3,8 +3,8 @@
 A checkpoint is `checkpoints/step_XXXXXXX/` holding
     model.safetensors   weights (tied tensors stored once)
     config.json         the resolved model config
-    train_state.pt      optimizer states keyed by parameter name + RNG states (tensors and plain containers only:
-                        loads with weights_only)
+    train_state.pt      optimizer states keyed by parameter name, RNG states and the fp16 loss scaler's state
+                        (tensors and plain containers only: loads with weights_only)
     state.json          step, tokens, run fingerprint, loader position, metrics so far
     COMPLETE            written last; a folder without it is never loaded
 It is written into a hidden temp folder and renamed into place, so a process killed mid-write leaves nothing that
@@ -20,66 +20,15 @@ import shutil
 import signal
 from pathlib import Path
 
-import safetensors.torch
 import torch
 
 from llm_core.config import ModelConfig
-from llm_core.model import Transformer
+from llm_core.files import fsync_dir, write_json
+from llm_core.model.io import load_model, write_weights
 
 MARKER = "COMPLETE"
 PREFIX = "step_"
 FAULT_ENV = "LLM_CORE_FAULT"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_weights(directory: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
-    """model.safetensors + config.json from a full state dict (a tied head is stored once, as tok_emb.weight)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()
-               if not (cfg.tie_embeddings and k == "lm_head.weight")}
-    safetensors.torch.save_file(tensors, str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-
-
-def write_model(directory: Path, model: Transformer) -> None:
-    write_weights(directory, model.cfg, model.state_dict())
-
-
-def read_config(directory: str | Path, attention: str | None = None) -> ModelConfig:
-    """The model config of a folder written by `write_weights` (no weights are read)."""
-    directory = Path(directory)
-    if not (directory / "model.safetensors").exists():
-        raise FileNotFoundError(f"no model in {directory}; run the stage that trains it first "
-                                "(`dvc repro pretrain` or `dvc repro sft`)")
-    cfg = ModelConfig(**json.loads((directory / "config.json").read_text()))
-    if attention is not None:
-        cfg.attention = attention
-    return cfg
-
-
-def load_model(directory: str | Path, attention: str | None = None) -> Transformer:
-    """A Transformer from a folder with model.safetensors + config.json (a checkpoint or a final model)."""
-    directory = Path(directory)
-    cfg = read_config(directory, attention)
-    model = Transformer(cfg)
-    missing, unexpected = safetensors.torch.load_model(model, str(directory / "model.safetensors"), strict=False,
-                                                       device="cpu")
-    # a tied head has no tensor of its own in the file
-    missing = [m for m in missing if not (cfg.tie_embeddings and m == "lm_head.weight")]
-    if missing or unexpected:
-        raise ValueError(f"{directory}/model.safetensors does not fit its config.json "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model
 
 
 def save_final(directory: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor], extra: dict | None = None) -> None:
@@ -88,7 +37,7 @@ def save_final(directory: Path, cfg: ModelConfig, weights: dict[str, torch.Tenso
     shutil.rmtree(tmp, ignore_errors=True)
     write_weights(tmp, cfg, weights)
     if extra:
-        (tmp / "train_info.json").write_text(json.dumps(extra, indent=2) + "\n")
+        write_json(tmp / "train_info.json", extra)
     for f in tmp.iterdir():
         os.replace(f, directory / f.name)
     tmp.rmdir()
@@ -102,7 +51,7 @@ def fault_point(name: str, step: int) -> None:
 
 
 def save_checkpoint(root: Path, step: int, cfg: ModelConfig, weights: dict[str, torch.Tensor],
-                    optimizer_states: list[dict], state: dict, keep: int) -> Path:
+                    optimizer_states: list[dict], state: dict, keep: int, scaler: dict | None = None) -> Path:
     """Write checkpoints/step_XXXXXXX atomically (full, unsharded state) and drop all but the newest `keep`."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:07d}"
@@ -113,17 +62,17 @@ def save_checkpoint(root: Path, step: int, cfg: ModelConfig, weights: dict[str, 
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({"optimizers": optimizer_states, "rng": rng}, tmp / "train_state.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    torch.save({"optimizers": optimizer_states, "rng": rng, "scaler": scaler}, tmp / "train_state.pt")
+    write_json(tmp / "state.json", state)
     for f in tmp.iterdir():
         with open(f, "rb+") as fh:
             os.fsync(fh.fileno())
     (tmp / MARKER).write_text("ok\n")
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in complete_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(f".tmp-{PREFIX}*"):  # left by a process killed mid-write
@@ -153,7 +102,8 @@ def load_checkpoint(path: Path) -> dict:
         raise ValueError(f"{path} has no {MARKER} marker: it was not completely written and cannot be loaded")
     weights = load_model(path).state_dict()
     blob = torch.load(path / "train_state.pt", map_location="cpu", weights_only=True)
-    return {"weights": weights, "optimizers": blob["optimizers"], "rng": blob["rng"], "state": read_state(path)}
+    return {"weights": weights, "optimizers": blob["optimizers"], "rng": blob["rng"], "scaler": blob.get("scaler"),
+            "state": read_state(path)}
 
 
 def restore_rng(rng: dict) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llm_core.model import KVCache, Transformer
+from llm_core.model.transformer import KVCache, Transformer
 
 
 @dataclass

@@ -1,0 +1,55 @@
+"""How a stage or command ends on a user mistake: one readable block on stderr (the stage, the problem, the fix) and
+exit status 2, no traceback. `LLM_CORE_DEBUG=1` shows the traceback. A real bug still shows its traceback: only the
+error types our code raises for user mistakes, raised by our own code, are turned into the short block."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from llm_core.errors import UserError
+
+DEBUG_ENV = "LLM_CORE_DEBUG"
+_OURS = (str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "stages"))
+
+
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError)
+
+
+def _raised_by_us(err: BaseException) -> bool:
+    """True when the innermost frame of the traceback is in llm_core/ or stages/ (a deliberate raise), not in a
+    library that failed on its own (a bug of ours reaching into torch shows the full traceback)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(_OURS)
+
+
+def format_error(stage: str, message: str) -> str:
+    """`<stage>: error: <problem>` then, when the message ends in '; <fix>', the fix on its own line."""
+    problem, sep, fix = message.rpartition("; ")
+    if not sep or len(fix) < 8:
+        problem, fix = message, ""
+    lines = [f"{stage}: error: {problem}"]
+    if fix:
+        lines.append(f"{stage}: fix: {fix}")
+    lines.append(f"({DEBUG_ENV}=1 shows the traceback)")
+    return "\n".join(lines)
+
+
+def run(stage: str, main: Callable[[], object]) -> None:
+    """Call `main`; on a user mistake print the short block and exit 2."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"{stage}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except USER_ERRORS as err:
+        if os.environ.get(DEBUG_ENV) == "1" or not _raised_by_us(err):
+            raise
+        message = str(err)
+        if isinstance(err, FileNotFoundError) and err.filename and message.startswith("[Errno"):
+            message = f"{err.filename} not found; check the path"
+        print(format_error(stage, message), file=sys.stderr, flush=True)
+        sys.exit(2)

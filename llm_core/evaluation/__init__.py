@@ -1,0 +1,1 @@
+"""Evaluation: the loss and the metrics derived from it (bpb, perplexity, token accuracy), HellaSwag."""

@@ -1,0 +1,1 @@
+"""The architecture: the Transformer (blocks, RoPE, norms), attention backends, and the model folder format."""

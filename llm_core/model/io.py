@@ -1,0 +1,75 @@
+"""A model folder: `model.safetensors` + `config.json`. The one format for final models and checkpoint weights;
+no pickle is ever read from it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from llm_core.config import ModelConfig
+from llm_core.files import write_json
+from llm_core.model.transformer import Transformer
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def write_weights(directory: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
+    """model.safetensors + config.json from a full state dict (a tied head is stored once, as tok_emb.weight)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()
+               if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    safetensors.torch.save_file(tensors, str(directory / WEIGHTS))
+    write_json(directory / CONFIG, cfg.to_dict())
+
+
+def write_model(directory: Path, model: Transformer) -> None:
+    write_weights(directory, model.cfg, model.state_dict())
+
+
+def read_config(directory: str | Path, attention: str | None = None) -> ModelConfig:
+    """The model config of a folder written by `write_weights` (no weights are read)."""
+    directory = Path(directory)
+    if not (directory / WEIGHTS).exists():
+        raise FileNotFoundError(f"no model in {directory}; run the stage that trains it first "
+                                "(`dvc repro pretrain` or `dvc repro sft`)")
+    try:
+        cfg = ModelConfig(**json.loads((directory / CONFIG).read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"{directory}/{CONFIG} is missing or not a model config ({e}); retrain the model") from None
+    if attention is not None:
+        cfg.attention = attention
+    return cfg
+
+
+def load_model(directory: str | Path, attention: str | None = None) -> Transformer:
+    """A Transformer from a folder with model.safetensors + config.json (a checkpoint or a final model)."""
+    directory = Path(directory)
+    cfg = read_config(directory, attention)
+    model = Transformer(cfg)
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(directory / WEIGHTS), strict=False,
+                                                           device="cpu")
+    except (RuntimeError, OSError) as e:
+        raise ValueError(f"{directory}/{WEIGHTS} cannot be read as weights for its {CONFIG} ({e}); "
+                         "retrain the model") from None
+    # a tied head has no tensor of its own in the file
+    missing = [m for m in missing if not (cfg.tie_embeddings and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{directory}/{WEIGHTS} does not fit its {CONFIG} "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model
+
+
+def weights_hash(directory: str | Path) -> str:
+    """Identity of a model folder's weights and config (what a fine-tune started from)."""
+    h = hashlib.sha256()
+    for name in (WEIGHTS, CONFIG):
+        with open(Path(directory) / name, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()[:16]

@@ -1,0 +1,344 @@
+"""THE training loop, shared by pretraining and SFT in every parallel mode.
+
+Pretraining and SFT differ only in their rows (token windows vs packed chats with masked targets) and in where the
+weights start; parallelism is a wrapping choice made in `distributed.wrap`. The loop is one `Trainer` in named parts,
+as torchtitan's: set-up and resume (`__init__`), `forward_backward` (one micro-batch), `train_step` (one optimizer
+step), `evaluate`, `save`, and `train` (the loop itself).
+
+A run resumes from its newest complete checkpoint when the checkpoint's fingerprint (model + training config + data +
+starting weights) equals this run's; otherwise it starts fresh, so editing params never silently continues an
+unrelated run. The best-by-validation weights are kept in `best/`; `final: best` makes them the stage's output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llm_core import distributed
+from llm_core.config import ModelConfig, ParallelConfig, TrainConfig, fingerprint
+from llm_core.data.loader import IGNORE, Loader, Rows
+from llm_core.errors import UserError
+from llm_core.evaluation.metrics import TokenMetrics, loss_fn
+from llm_core.files import write_json
+from llm_core.model.io import load_model, weights_hash, write_weights
+from llm_core.model.transformer import Transformer
+from llm_core.training import checkpoint, optim
+from llm_core.training.tracking import Throughput, Tracker, peak_flops
+
+EPOCH_WARNING = 4.0  # planned passes over the training split past which overfitting is likely
+# bookkeeping of a run: kept in the model folder's train_info.json, left out of the metrics people compare
+COUNTERS = ("steps", "tokens", "skipped_steps", "final")
+
+
+def compared(result: dict) -> dict:
+    """The figures of a run's result that belong in its metrics file."""
+    return {k: v for k, v in result.items() if k not in COUNTERS}
+
+
+class NonFiniteError(UserError, RuntimeError):
+    pass
+
+
+@dataclass
+class Job:
+    """Everything one training run needs besides the configs."""
+
+    train_rows: Rows
+    val_rows: Rows | None
+    out_dir: Path  # checkpoints/, best/ and the final model go here
+    live_dir: Path | None  # dvclive folder (curves)
+    token_bytes: np.ndarray | None = None  # bytes per token id, for bits-per-byte
+    init_from: Path | None = None  # start from these weights (SFT starts from the pretrained model)
+    data_fingerprint: str = ""
+    desc: str = "train"
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    choice = cfg.precision
+    if choice == "auto":
+        choice = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+class Trainer:
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, parallel: ParallelConfig, job: Job):
+        self.model_cfg, self.cfg, self.job = model_cfg, cfg, job
+        self.ctx = ctx = distributed.setup(parallel.backend)
+        if cfg.threads != "auto":
+            torch.set_num_threads(int(cfg.threads))
+        if cfg.seq_len > model_cfg.max_seq_len:
+            raise ValueError(f"params.yaml: {job.desc}.seq_len ({cfg.seq_len}) exceeds model.max_seq_len "
+                             f"({model_cfg.max_seq_len}); lower it or raise model.max_seq_len")
+        self.accum = cfg.accum_steps(ctx.world, job.desc)
+        self.mode = parallel.mode if ctx.distributed else "none"
+        self.device = ctx.device
+        self.amp_dtype = resolve_precision(cfg, self.device)
+        self.ckpt_root = job.out_dir / "checkpoints"
+        self.best_dir = job.out_dir / "best"
+        # what decides the trajectory: a checkpoint of another config / data / start / rank count is never continued
+        init_hash = weights_hash(job.init_from) if job.init_from is not None else ""
+        self.run_id = fingerprint(model_cfg, {k: v for k, v in asdict(cfg).items() if k not in ("threads", "peak_flops")},
+                                  job.data_fingerprint, init_hash, self.mode, ctx.world, self.accum)
+        self.train_loader = Loader(job.train_rows, cfg.batch_size, ctx.rank, ctx.world, seed=cfg.seed)
+
+        # every rank starts from the same weights: the same seed, then (SFT) the same file
+        torch.manual_seed(cfg.seed)
+        model = Transformer(model_cfg)
+        if job.init_from is not None:
+            model.load_state_dict(load_model(job.init_from, attention=model_cfg.attention).state_dict())
+        saved = self._resume_point()
+        self.state = {"step": 0, "tokens": 0, "skipped_steps": 0, "best": None, "evals_since_best": 0}
+        if saved is not None:
+            model.load_state_dict(saved["weights"])
+            self.state.update(saved["state"])
+            self.train_loader.load_state_dict(self.state["loader"])
+        self.start_step, self.start_tokens = self.state["step"], self.state["tokens"]
+        self.num_params = model.num_params()
+        model.to(self.device)
+        self.model = model
+        self.step_model = distributed.wrap(model, self.mode, ctx)
+        # built after wrapping: FSDP swaps the parameters for sharded ones
+        self.optimizers = optim.build_optimizers(model, cfg, self.device.type,
+                                                 shard=distributed.shards_optimizer(self.mode, ctx))
+        # fp16 needs loss scaling or small gradients underflow to zero; bf16 has fp32's range and needs none
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        if saved is not None:
+            distributed.load_optimizer_states(model, self.optimizers, saved["optimizers"], ctx)
+            checkpoint.restore_rng(saved["rng"])
+            if saved.get("scaler"):
+                self.scaler.load_state_dict(saved["scaler"])
+        if cfg.compile is True or (cfg.compile == "auto" and self.device.type == "cuda"):
+            self.step_model = torch.compile(self.step_model)
+        self.autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                         else contextlib.nullcontext())
+        self.val_loader = (Loader(job.val_rows, cfg.batch_size, ctx.rank, ctx.world, shuffle=False)
+                           if job.val_rows is not None and len(job.val_rows) >= cfg.batch_size * ctx.world else None)
+        self.token_bytes = (torch.tensor(job.token_bytes, device=self.device) if job.token_bytes is not None
+                            else None)
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len * self.accum * ctx.world
+        self.peak = peak_flops(self.device, cfg.peak_flops)
+        self.meter = Throughput(model_cfg.flops_per_token(cfg.seq_len), self.peak, ctx.world)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.final = cfg.final if self.val_loader is not None else "last"
+        if ctx.is_main:
+            self._announce(saved is not None)
+        self.tracker = Tracker(job.live_dir, ctx.is_main, resume=self.start_step > 0, total=cfg.steps,
+                               start=self.start_step, desc=job.desc)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # set-up
+
+    def _resume_point(self) -> dict | None:
+        """The newest checkpoint of this very run, if it has not finished; rank 0 decides for all."""
+        latest = checkpoint.latest_checkpoint(self.ckpt_root) if self.ctx.is_main else None
+        if latest is not None:
+            saved = checkpoint.read_state(latest)
+            finished = saved["step"] >= self.cfg.steps or saved.get("stopped_early")
+            if saved.get("fingerprint") != self.run_id or finished:
+                # another config's checkpoints, or a finished run: this run starts over (and so does its best)
+                shutil.rmtree(self.ckpt_root)
+                shutil.rmtree(self.best_dir, ignore_errors=True)
+                latest = None
+        if latest is None and self.ctx.is_main:
+            shutil.rmtree(self.best_dir, ignore_errors=True)
+        latest = distributed.broadcast_object(latest, self.ctx)
+        return checkpoint.load_checkpoint(latest) if latest is not None else None
+
+    def _announce(self, resumed: bool) -> None:
+        cfg, desc = self.cfg, self.job.desc
+        rows_per_step = cfg.batch_size * self.accum * self.ctx.world
+        epochs = cfg.steps * rows_per_step / len(self.job.train_rows)
+        print(f"{desc}: {self.num_params:,} parameters, {cfg.steps} steps x {self.tokens_per_step:,} tokens = "
+              f"{cfg.steps * self.tokens_per_step:,} tokens, {epochs:.2f} epochs of the training split "
+              f"({len(self.job.train_rows):,} rows of {cfg.seq_len})", flush=True)
+        if epochs > EPOCH_WARNING:
+            print(f"{desc}: warning: the run repeats its training data {epochs:.1f} times; expect overfitting. "
+                  f"Add data or lower {desc}.steps" + ("; the best-by-validation weights are kept "
+                                                       f"({desc}.final: best)" if self.final == "best" else ""),
+                  flush=True)
+        if resumed:
+            print(f"{desc}: resuming from step {self.state['step']} of {cfg.steps}", flush=True)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # one step
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
+        """One micro-batch: the summed loss over its target tokens (detached); backward of sum * scale."""
+        sm = self.step_model
+        if hasattr(sm, "set_requires_gradient_sync"):  # FSDP2
+            sm.set_requires_gradient_sync(sync)
+        # all-reduce / reduce-scatter gradients only on the last micro-batch of the step
+        no_sync = sm.no_sync() if not sync and hasattr(sm, "no_sync") else contextlib.nullcontext()
+        with no_sync, self.autocast:
+            loss_sum = loss_fn(sm(x), y, reduction="sum")
+        self.scaler.scale(loss_sum * scale).backward()
+        return loss_sum.detach()
+
+    def train_step(self) -> dict:
+        """One optimizer step over `accum` micro-batches on every rank."""
+        cfg, ctx, state = self.cfg, self.ctx, self.state
+        step = state["step"]
+        lr = optim.set_lr(self.optimizers, optim.lr_factor(step, cfg))
+        batches = [self.train_loader.next_batch() for _ in range(self.accum)]
+        # the loss is the mean over every target token of the global batch (SFT rows hold different numbers of
+        # them); DDP/FSDP average gradients over ranks, so each rank scales its sum by world / global count
+        counts = torch.tensor([float(sum(int((y != IGNORE).sum()) for _, y in batches))], device=self.device)
+        distributed.all_reduce_sum(counts, ctx)
+        global_count = max(counts.item(), 1.0)
+        loss_sum = torch.zeros((), device=self.device)
+        for micro, (x, y) in enumerate(batches):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            loss_sum += self.forward_backward(x, y, ctx.world / global_count, sync=micro == self.accum - 1)
+        for opt in self.optimizers:
+            self.scaler.unscale_(opt)
+        grad_norm = distributed.clip_grad_norm(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        check = torch.stack([loss_sum.float(), grad_norm.float() / ctx.world])
+        distributed.all_reduce_sum(check, ctx)  # every rank sees the same verdict
+        # the step's only host sync: one transfer for the loss, the norm and the non-finite verdict
+        loss_total, norm = check.tolist()
+        train_loss = loss_total / global_count
+        if math.isfinite(train_loss) and math.isfinite(norm):
+            for opt in self.optimizers:
+                self.scaler.step(opt)
+            self.scaler.update()
+        elif self.scaler.is_enabled() and math.isfinite(train_loss):
+            # fp16 overflow: skip the step and lower the scale on every rank alike (GradScaler's own rule)
+            self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
+            state["skipped_steps"] += 1
+        elif cfg.on_nonfinite == "halt":
+            self.tracker.close()
+            raise NonFiniteError(
+                f"{self.job.desc}: non-finite loss or grad norm at step {step}; stopped. The last good checkpoint is "
+                f"kept in {self.ckpt_root}. Lower {self.job.desc}.lr, raise warmup, or set "
+                f"{self.job.desc}.on_nonfinite: skip")
+        else:
+            state["skipped_steps"] += 1
+            if self.scaler.is_enabled():
+                self.scaler.update(self.scaler.get_scale())
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        state["step"] = step + 1
+        state["tokens"] += self.tokens_per_step
+        self.meter.add(self.tokens_per_step)
+        return {"train/loss": train_loss, "train/lr": lr, "train/grad_norm": norm,
+                **{f"train/{k}": v for k, v in self.meter.read().items()}}
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # validation, best weights, checkpoints
+
+    def evaluate(self) -> dict:
+        """Loss, perplexity, token accuracy and bits per byte on the same validation rows at every call."""
+        if self.val_loader is None:
+            return {}
+        self.step_model.eval()
+        metrics = TokenMetrics(self.device, self.token_bytes)
+        with torch.no_grad(), self.autocast:
+            for x, y in self.val_loader.eval_batches(self.cfg.eval_batches):
+                x, y = x.to(self.device), y.to(self.device)
+                metrics.add(self.step_model(x), y)
+        distributed.all_reduce_sum(metrics.sums, self.ctx)
+        self.step_model.train()
+        return {f"val/{k}": v for k, v in metrics.result().items()}
+
+    def update_best(self, val: dict) -> None:
+        """Keep the weights of the best validation loss so far in best/ (written atomically, rank 0)."""
+        if "val/loss" not in val:
+            return
+        best = self.state["best"]
+        if best is not None and not val["val/loss"] < best["metrics"]["val/loss"]:
+            self.state["evals_since_best"] += 1
+            return
+        self.state["best"] = {"step": self.state["step"], "metrics": val}
+        self.state["evals_since_best"] = 0
+        weights = distributed.model_state(self.model, self.ctx)  # a collective under FSDP
+        if self.ctx.is_main:
+            tmp = self.job.out_dir / ".best.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            write_weights(tmp, self.model_cfg, weights)
+            write_json(tmp / "best.json", self.state["best"])
+            shutil.rmtree(self.best_dir, ignore_errors=True)
+            tmp.rename(self.best_dir)
+
+    def save(self, step: int) -> None:
+        self.state["fingerprint"] = self.run_id
+        self.state["loader"] = self.train_loader.state_dict()
+        # collectives (FSDP gathers shards, ZeRO consolidates onto rank 0): every rank takes part, rank 0 writes
+        weights = distributed.model_state(self.model, self.ctx)
+        optim_states = distributed.optimizer_states(self.model, self.optimizers, self.ctx)
+        if self.ctx.is_main:
+            checkpoint.save_checkpoint(self.ckpt_root, step, self.model_cfg, weights, optim_states, self.state,
+                                       self.cfg.keep_checkpoints,
+                                       scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None)
+        distributed.barrier(self.ctx)
+        checkpoint.fault_point("after_checkpoint", step)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # the loop
+
+    def train(self) -> dict:
+        cfg, state = self.cfg, self.state
+        last_train_loss, last_val = float("nan"), {}
+        stopped_early = False
+        t_start = time.perf_counter()
+        self.step_model.train()
+        while state["step"] < cfg.steps:
+            metrics = self.train_step()
+            last_train_loss = metrics["train/loss"]
+            step = state["step"]
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                last_val = self.evaluate()
+                metrics.update(last_val)
+                self.update_best(last_val)
+            self.tracker.log(step, metrics)
+            self.tracker.progress(1, loss=last_train_loss, lr=metrics["train/lr"])
+            patience = cfg.early_stop_patience
+            stopped_early = bool(patience and state["evals_since_best"] >= patience and step < cfg.steps)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopped_early:
+                state["stopped_early"] = stopped_early  # an early-stopped run is finished: never resumed
+                self.save(step)
+            if stopped_early:
+                if self.ctx.is_main:
+                    print(f"{self.job.desc}: stopping early at step {step}: validation loss has not improved for "
+                          f"{patience} passes (best at step {state['best']['step']})", flush=True)
+                break
+        return self._finish(time.perf_counter() - t_start, last_train_loss, last_val, stopped_early)
+
+    def _finish(self, elapsed: float, train_loss: float, last_val: dict, stopped_early: bool) -> dict:
+        state, ctx = self.state, self.ctx
+        best = state["best"]
+        use_best = self.final == "best" and best is not None
+        val = best["metrics"] if use_best else last_val  # the metrics describe the model the stage outputs
+        result = {"train_loss": train_loss}
+        for key, value in val.items():
+            result["val_" + key.split("/", 1)[1]] = value
+        result.update({"steps": state["step"], "tokens": state["tokens"], "skipped_steps": state["skipped_steps"],
+                       "num_params": self.num_params, "final": "best" if use_best else "last",
+                       "stopped_early": stopped_early})
+        if best is not None:
+            result["best_step"] = best["step"]
+        if elapsed > 0 and state["tokens"] > self.start_tokens:
+            result["tokens_per_sec"] = (state["tokens"] - self.start_tokens) / elapsed  # this process's work only
+            if self.peak:
+                result["mfu"] = (self.model_cfg.flops_per_token(self.cfg.seq_len) * result["tokens_per_sec"]
+                                 / (self.peak * ctx.world))
+        weights = distributed.model_state(self.model, ctx)
+        if ctx.is_main:
+            if use_best:
+                weights = load_model(self.best_dir).state_dict()
+            checkpoint.save_final(self.job.out_dir, self.model_cfg, weights, result)
+        self.tracker.close()
+        distributed.barrier(ctx)
+        return result
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, parallel: ParallelConfig, job: Job) -> dict:
+    return Trainer(model_cfg, cfg, parallel, job).train()
