@@ -1,4 +1,5 @@
-"""KV-cache decoding and sampling: temperature, top-k, top-p, repetition penalty, stop tokens.
+"""Sampling (temperature, top-k, top-p, repetition penalty), one row or many rows each with its own settings, and
+`generate`: KV-cache decoding of one sequence, the plain reference the batched engine is tested against.
 
 The prompt is run once (prefill) to fill the cache; each new token then costs one single-position forward pass
 over the cached keys/values instead of a pass over the whole sequence.
@@ -33,19 +34,28 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return logits.scatter(-1, seen, picked)
 
 
-def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Mask (to -inf) everything outside the top-k and outside the smallest set whose probability reaches top_p."""
-    if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        # drop a token when the tokens ranked above it already reach top_p (the best token always stays)
-        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+def filter_logits(logits: torch.Tensor, top_k, top_p) -> torch.Tensor:
+    """Mask (to -inf) everything outside the top-k and outside the smallest set whose probability reaches top_p.
+
+    logits (V,) or (B, V); top_k / top_p are numbers or (B,) tensors (one setting per row; top_k 0 = off).
+    """
+    one_row = logits.dim() == 1
+    x = logits[None] if one_row else logits  # (B, V)
+    B, V = x.shape
+    k = torch.as_tensor(top_k, device=x.device).long().expand(B)
+    p = torch.as_tensor(top_p, device=x.device, dtype=x.dtype).expand(B)
+    sorted_x, order = torch.sort(x, descending=True, dim=-1)  # (B, V)
+    k = torch.where((k <= 0) | (k > V), V, k)
+    kth = sorted_x.gather(-1, (k - 1)[:, None])  # (B, 1)
+    # ties with the k-th value stay, as torch.topk-based filters do
+    sorted_x = sorted_x.masked_fill(sorted_x < kth, float("-inf"))
+    probs = sorted_x.softmax(-1)
+    # drop a token when the tokens ranked above it already reach top_p (the best token always stays)
+    drop_sorted = ((probs.cumsum(-1) - probs) >= p[:, None]) & (p[:, None] < 1.0)
+    drop_sorted |= torch.isinf(sorted_x)
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    out = x.masked_fill(drop, float("-inf"))
+    return out[0] if one_row else out
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor,
@@ -59,10 +69,31 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def sample_rows(logits: torch.Tensor, seen: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+                top_p: torch.Tensor, penalty: torch.Tensor,
+                generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """One token per row, each row with its own settings: logits (B, V), seen (B, V) bool (tokens to penalise),
+    settings (B,) each. A row with temperature 0 is greedy; the others draw with their own generator, so a seeded
+    row gives the same tokens whatever else shares the batch."""
+    logits = logits.float()
+    pen = penalty[:, None]
+    penalised = torch.where(logits > 0, logits / pen, logits * pen)
+    logits = torch.where(seen, penalised, logits)
+    out = logits.argmax(-1)  # (B,)
+    hot = (temperature > 0).nonzero().flatten().tolist()
+    if hot:
+        rows = torch.tensor(hot, device=logits.device)
+        scaled = logits[rows] / temperature[rows, None]
+        probs = filter_logits(scaled, top_k[rows], top_p[rows]).softmax(-1)
+        for j, i in enumerate(hot):
+            out[i] = torch.multinomial(probs[j], 1, generator=generators[i])[0]
+    return out
+
+
 @torch.no_grad()
 def generate(model: Transformer, prompt: Sequence[int], params: SamplingParams, stop_ids: Sequence[int] = (),
-             generator: torch.Generator | None = None) -> tuple[list[int], dict]:
-    """New token ids after `prompt` (stop token excluded) and timing stats."""
+             generator: torch.Generator | None = None, special_ids: Sequence[int] = ()) -> tuple[list[int], dict]:
+    """New token ids after `prompt` (stop token excluded) and timing stats. `special_ids` are never penalised."""
     model.eval()
     device = next(model.parameters()).device
     budget = min(params.max_new_tokens, model.cfg.max_seq_len - len(prompt))
@@ -71,7 +102,8 @@ def generate(model: Transformer, prompt: Sequence[int], params: SamplingParams, 
     dtype = next(model.parameters()).dtype
     cache = KVCache.empty(model.cfg, 1, len(prompt) + budget, device, dtype)
     ids = torch.tensor([list(prompt)], device=device)
-    seen = ids[0].clone()
+    specials = set(special_ids)
+    seen = torch.tensor([t for t in prompt if t not in specials], dtype=torch.long, device=device)
     t0 = time.perf_counter()
     logits = model(ids, cache)[0, -1]  # prefill
     t_prefill = time.perf_counter() - t0
@@ -82,7 +114,8 @@ def generate(model: Transformer, prompt: Sequence[int], params: SamplingParams, 
         if nxt in stops:
             break
         out.append(nxt)
-        seen = torch.cat([seen, seen.new_tensor([nxt])])
+        if nxt not in specials:
+            seen = torch.cat([seen, seen.new_tensor([nxt])])
         if len(out) == budget:
             break
         logits = model(torch.tensor([[nxt]], device=device), cache)[0, -1]

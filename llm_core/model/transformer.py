@@ -8,7 +8,9 @@ Design choices, Llama-2 style:
 - tied input/output embeddings by default;
 - init: normal(model.init_std, 0.02 in every preset), residual output projections scaled by 1/sqrt(2 * n_layers)
   (GPT-2) so the residual stream's variance does not grow with depth;
-- an optional KV cache for decoding: the model writes into it and attends over everything cached so far.
+- an optional KV cache for decoding: the model writes into it and attends over everything cached so far. A cache
+  with per-row `lengths` is ragged: each row has its own position, writes at its own offset and attends only over
+  its own filled part (batched decoding of sequences of different lengths, rows joining and leaving).
 
 Shapes: B batch, T new tokens, S cached + new tokens, H query heads, K kv heads, D head dim, C d_model, V vocab.
 """
@@ -54,16 +56,28 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 @dataclass
 class KVCache:
-    """Keys and values of every layer for up to `max_len` positions; `pos` is how many are filled."""
+    """Keys and values of every layer for up to `max_len` positions; `pos` is how many are filled.
+
+    With `lengths` (B,) set the cache is ragged: row b holds `lengths[b]` positions and `pos` is unused. Slicing rows
+    (`cache.rows(a, b)`) gives a view that writes into the same storage.
+    """
 
     k: torch.Tensor  # (L, B, K, max_len, D)
     v: torch.Tensor
     pos: int = 0
+    lengths: torch.Tensor | None = None  # (B,) int64, ragged caches only
 
     @classmethod
-    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype) -> "KVCache":
+    def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype, ragged: bool = False) -> "KVCache":
         shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        lengths = torch.zeros(batch, dtype=torch.long, device=device) if ragged else None
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype),
+                   lengths=lengths)
+
+    def rows(self, start: int, stop: int) -> "KVCache":
+        """Rows start..stop-1 as a view: writes (and length updates) land in this cache."""
+        assert self.lengths is not None, "row views are for ragged caches"
+        return KVCache(self.k[:, start:stop], self.v[:, start:stop], lengths=self.lengths[start:stop])
 
     @property
     def max_len(self) -> int:
@@ -82,7 +96,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
@@ -90,14 +104,22 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
+        if cache is not None and cache.lengths is not None:
+            # ragged: row b writes its T new positions at lengths[b].. and sees keys up to its own end (the mask)
+            rows = torch.arange(B, device=x.device)[:, None]  # (B, 1)
+            cols = cache.lengths[:, None] + torch.arange(T, device=x.device)  # (B, T)
+            cache.k[layer][rows, :, cols] = k.transpose(1, 2)  # (B, T, K, D) into (B, K, S, D)
+            cache.v[layer][rows, :, cols] = v.transpose(1, 2)
+            span = mask.shape[-1]
+            k, v = cache.k[layer, :, :, :span], cache.v[layer, :, :, :span]  # (B, K, S, D)
+        elif cache is not None:
             start = cache.pos
             cache.k[layer, :B, :, start:start + T] = k
             cache.v[layer, :B, :, start:start + T] = v
             k = cache.k[layer, :B, :, :start + T]  # (B, K, S, D)
             v = cache.v[layer, :B, :, :start + T]
         # causal with S > T is bottom-right aligned: new token i sees every cached one plus new ones up to i
-        y = attention(q, k, v, causal=True, backend=self.backend)  # (B, H, T, D)
+        y = attention(q, k, v, causal=True, backend=self.backend, mask=mask)  # (B, H, T, D)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -120,8 +142,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x, cos, sin, cache=None, layer=0):
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
+    def forward(self, x, cos, sin, cache=None, layer=0, mask=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer, mask)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -160,6 +182,8 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx: (B, T) token ids -> logits (B, T, V). With a cache, positions continue from cache.pos."""
         B, T = idx.shape
+        if cache is not None and cache.lengths is not None:
+            return self._forward_ragged(idx, cache)
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
@@ -169,6 +193,22 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, cache, i)
         if cache is not None:
             cache.pos += T
+        return self.lm_head(self.norm(x))  # (B, T, V)
+
+    def _forward_ragged(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Every row continues from its own cache length: its own RoPE positions, its own visible keys."""
+        B, T = idx.shape
+        end = int(cache.lengths.max()) + T
+        if end > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {end} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        pos = cache.lengths[:, None] + torch.arange(T, device=idx.device)  # (B, T)
+        cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, D)
+        # query t of row b sees keys 0..lengths[b]+t: its own past and its causal prefix, never another row's slack
+        mask = (torch.arange(end, device=idx.device) <= pos[..., None])[:, None]  # (B, 1, T, S)
+        x = self.tok_emb(idx)  # (B, T, C)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, cache, i, mask)
+        cache.lengths += T
         return self.lm_head(self.norm(x))  # (B, T, V)
 
     def num_params(self) -> int:

@@ -16,6 +16,10 @@ key j iff j <= i + seq_k - seq_q, so a decode step (seq_q == 1) sees the whole K
 chunked prefill sees the cache plus its own causal prefix. Query rows that see no key (only
 possible when seq_q > seq_k) return zeros. All backends agree on this.
 
+An explicit boolean `mask` (True = may attend, broadcastable to (batch, heads, seq_q, seq_k)) replaces the causal
+rule: ragged batched decoding uses it, each row seeing only its own cached keys. The Triton kernel has no such
+input, so masked calls go through SDPA whatever the backend.
+
 Only torch is imported here; triton is imported on first use of the triton backend, so this
 module loads on machines without triton.
 """
@@ -86,8 +90,9 @@ def attention(
     causal: bool = True,
     backend: str = "sdpa",
     scale: float | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Scaled dot-product attention with GQA and bottom-right causal masking.
+    """Scaled dot-product attention with GQA and bottom-right causal masking (or an explicit boolean mask).
 
     q: (batch, heads, seq_q, head_dim); k, v: (batch, kv_heads, seq_k, head_dim).
     Returns (batch, heads, seq_q, head_dim). ``scale`` defaults to 1/sqrt(head_dim).
@@ -95,6 +100,12 @@ def attention(
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; allowed values: {', '.join(BACKENDS)}")
     _check_shapes(q, k, v)
+    if mask is not None:
+        if backend == "naive":
+            return naive_attention(q, k, v, causal=False, scale=scale, mask=mask)
+        # every masked row keeps at least its own key, so no row is fully masked (no NaN from the fused kernels)
+        gqa = q.shape[1] != k.shape[1]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     if backend == "sdpa":
         return _sdpa(q, k, v, causal, scale)
     if backend == "triton":

@@ -26,8 +26,10 @@ def naive_attention(
     v: torch.Tensor,
     causal: bool = True,
     scale: float | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """softmax(q k^T * scale) v computed in fp32; returns q's dtype.
+    """softmax(q k^T * scale) v computed in fp32; returns q's dtype. An explicit boolean `mask` (True = attend,
+    broadcastable to the scores) replaces the causal rule; every query row must keep at least one key.
 
     q: (batch, heads, seq_q, head_dim); k, v: (batch, kv_heads, seq_k, head_dim) with kv_heads
     dividing heads. Query rows that see no key (causal with seq_q > seq_k) return zeros.
@@ -43,7 +45,9 @@ def naive_attention(
         k32 = k32.repeat_interleave(group, dim=1)
         v32 = v32.repeat_interleave(group, dim=1)
     scores = torch.matmul(q32, k32.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
-    if causal:
+    if mask is not None:
+        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    elif causal:
         mask = causal_mask(seq_q, seq_k, device=q.device)
         has_key = mask.any(dim=-1, keepdim=True)  # (Tq, 1)
         # Rows with no visible key would softmax to NaN; let them see everything and zero them after,
