@@ -40,3 +40,19 @@ def tokenizer(tokenizer_dir):
     from llm_core.data.tokenizer import Tokenizer
 
     return Tokenizer.from_dir(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def served_models(tmp_path_factory, tokenizer_dir):
+    """A `models/` folder as the pipeline leaves it: a tiny random `sft` model beside `tokenizer`."""
+    import shutil
+
+    from llm_core.model.io import write_model
+    from llm_core.model.transformer import Transformer
+    from tests.helpers import tiny_model_config
+
+    root = tmp_path_factory.mktemp("models")
+    shutil.copytree(tokenizer_dir, root / "tokenizer")
+    torch.manual_seed(0)
+    write_model(root / "sft", Transformer(tiny_model_config(vocab_size=512, max_seq_len=128)))
+    return root

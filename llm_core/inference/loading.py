@@ -1,0 +1,66 @@
+"""A trained model folder ready to talk: the model on its device, its tokenizer, and how prompts are built and
+where generation stops. Shared by the sample stage, the terminal chat and the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llm_core.data import chat
+from llm_core.data.tokenizer import Tokenizer
+from llm_core.model.io import WEIGHTS, load_model
+from llm_core.model.transformer import Transformer
+
+
+def _stage_of(model_dir: Path) -> str:
+    return "pretrain" if model_dir.name == "pretrain" else "sft"
+
+
+def tokenizer_dir_for(model_dir: str | Path) -> Path:
+    """The pipeline keeps the tokenizer beside the models (models/tokenizer); an exported folder holds its own."""
+    model_dir = Path(model_dir)
+    return model_dir if (model_dir / "tokenizer.json").exists() else model_dir.parent / "tokenizer"
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: Tokenizer
+    name: str  # the folder's name: the model id clients ask for
+
+    @property
+    def stop_ids(self) -> list[int]:
+        # <|end|> closes an assistant turn; <|bos|> starts a new document (plain continuations end there)
+        return [self.tokenizer.end_id, self.tokenizer.bos_id]
+
+    @property
+    def special_ids(self) -> list[int]:
+        return sorted(self.tokenizer.special_ids.values())
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        return chat.render(messages, self.tokenizer, add_generation_prompt=True)[0]
+
+    def plain_prompt(self, text: str) -> list[int]:
+        return [self.tokenizer.bos_id] + self.tokenizer.encode(text)
+
+
+def load(model_dir: str | Path, tokenizer_dir: str | Path | None = None, device: str | None = None,
+         attention: str | None = None) -> LoadedModel:
+    """Load a model folder and its tokenizer; a missing one says which stage makes it."""
+    model_dir = Path(model_dir)
+    if not (model_dir / WEIGHTS).exists():
+        raise FileNotFoundError(f"no trained model in {model_dir}; run `dvc repro {_stage_of(model_dir)}` "
+                                "(or `make repro`) first, or pass --model FOLDER")
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir else tokenizer_dir_for(model_dir)
+    if not tok_dir.is_dir():
+        raise FileNotFoundError(f"no tokenizer in {tok_dir}; run `dvc repro train_tokenizer` first, "
+                                "or pass --tokenizer FOLDER")
+    tokenizer = Tokenizer.from_dir(tok_dir)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(model_dir, attention=attention).to(dev).eval()
+    if model.cfg.vocab_size < tokenizer.vocab_size:  # the model's may be padded up, never smaller
+        raise ValueError(f"{model_dir} has a vocabulary of {model.cfg.vocab_size} but {tok_dir} has "
+                         f"{tokenizer.vocab_size}; pass the tokenizer the model was trained with (--tokenizer)")
+    return LoadedModel(model, tokenizer, model_dir.resolve().name)
