@@ -360,18 +360,25 @@ class SampleConfig(_Section):
     top_p: float = 0.95  # 1.0 = off
     repetition_penalty: float = 1.1  # 1.0 = off
     seed: int = 42
+    prompts_file: str = ""  # "" = none; .txt (one prompt per line) or .jsonl (`prompt` or `messages` per line)
+    max_batch: int = 64  # sequences decoded together; more prompts wait and join as rows free up
 
     def validate(self) -> None:
         _choice("sample.model", self.model, ("pretrain", "sft"))
         _at_least("sample.max_new_tokens", self.max_new_tokens, 1)
+        _at_least("sample.max_batch", self.max_batch, 1)
+        if self.prompts_file and not self.prompts_file.endswith((".txt", ".jsonl")):
+            raise ParamsError(f"params.yaml: sample.prompts_file must end in .txt or .jsonl, or be \"\" "
+                              f"(got {self.prompts_file!r})")
         _at_least("sample.temperature", self.temperature, 0)
         _at_least("sample.top_k", self.top_k, 0)
         if not 0 < self.top_p <= 1:
             raise ParamsError(f"params.yaml: sample.top_p must be in (0, 1] (got {self.top_p})")
         if not self.repetition_penalty > 0:
             raise ParamsError(f"params.yaml: sample.repetition_penalty must be > 0 (got {self.repetition_penalty})")
-        if not (self.prompts or self.chat_prompts):
-            raise ParamsError("params.yaml: sample needs at least one entry in sample.prompts or sample.chat_prompts")
+        if not (self.prompts or self.chat_prompts or self.prompts_file):
+            raise ParamsError("params.yaml: sample needs at least one entry in sample.prompts or sample.chat_prompts, "
+                              "or a sample.prompts_file")
 
 
 @dataclass

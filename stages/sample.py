@@ -1,16 +1,15 @@
-"""Stage sample: generate from plain and chat prompts -> metrics/samples.json (prompts, outputs, tokens/s)."""
+"""Stage sample: decode the plain and chat prompts of params.yaml and of `sample.prompts_file` as one batch ->
+metrics/samples.json (the params prompts' outputs, tokens/s) and a .jsonl with one record per prompt."""
 
 import argparse
-
-import torch
+import json
 
 from llm_core import cli
 from llm_core.config import load_params
-from llm_core.data import chat
-from llm_core.data.tokenizer import Tokenizer
-from llm_core.files import write_json
-from llm_core.inference.generate import SamplingParams, generate
-from llm_core.model.io import load_model
+from llm_core.files import write_bytes, write_json
+from llm_core.inference.generate import SamplingParams
+from llm_core.inference.loading import load
+from llm_core.inference.prompts import Prompt, read_prompts_file, sample_prompts
 
 
 def main() -> None:
@@ -18,25 +17,25 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--outputs", required=True, help="the .jsonl of every prompt's output")
     args = ap.parse_args()
     params = load_params()
     cfg = params.sample
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tok = Tokenizer.from_dir(args.tokenizer)
-    model = load_model(args.model, attention=params.model.attention).to(device)
+    prompts = [Prompt("plain", p) for p in cfg.prompts]
+    prompts += [Prompt("chat", [{"role": "user", "content": p}]) for p in cfg.chat_prompts]
+    from_params = len(prompts)
+    if cfg.prompts_file:
+        prompts += read_prompts_file(cfg.prompts_file)
+    loaded = load(args.model, args.tokenizer, attention=params.model.attention)
     sp = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    samples, tokens, seconds = [], 0, 0.0
-    jobs = [("plain", p, [tok.bos_id] + tok.encode(p), [tok.bos_id, tok.end_id]) for p in cfg.prompts]
-    jobs += [("chat", p, chat.render([{"role": "user", "content": p}], tok, add_generation_prompt=True)[0],
-              [tok.end_id, tok.bos_id]) for p in cfg.chat_prompts]
-    for kind, prompt, ids, stops in jobs:
-        out, stats = generate(model, ids, sp, stop_ids=stops, generator=gen)
-        tokens += stats["tokens"]
-        seconds += stats["decode_s"]
-        samples.append({"kind": kind, "prompt": prompt, "output": tok.decode(out), "tokens": stats["tokens"]})
-        print(f"[{kind}] {prompt!r} -> {tok.decode(out)!r}")
-    write_json(args.out, {"tokens_per_sec": tokens / seconds if seconds else 0.0, "num_samples": len(samples),
+    records, stats = sample_prompts(loaded, prompts, sp, cfg.seed, cfg.max_batch)
+    for r in records[:from_params]:
+        shown = r["prompt"] if r["kind"] == "plain" else r["prompt"][-1]["content"]
+        print(f"[{r['kind']}] {shown!r} -> {r['output']!r} ({r['finish_reason']})")
+    samples = [dict(r, prompt=r["prompt"] if r["kind"] == "plain" else r["prompt"][-1]["content"])
+               for r in records[:from_params]]
+    write_bytes(args.outputs, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+    write_json(args.out, {"tokens_per_sec": stats["tokens_per_sec"], "num_samples": len(records),
                           "samples": samples})
 
 
