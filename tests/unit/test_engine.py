@@ -1,0 +1,105 @@
+"""The batched engine: equal to one-at-a-time decoding, per-row settings and stops, rolling window, UTF-8 stream."""
+
+from __future__ import annotations
+
+import torch
+
+from llm_core.inference.engine import Engine, Request, run_batch
+from llm_core.inference.generate import SamplingParams, generate, sample_rows
+from llm_core.inference.text import TextStream
+from llm_core.model.transformer import Transformer
+from tests.helpers import tiny_model_config
+
+GREEDY = SamplingParams(max_new_tokens=16, temperature=0)
+
+
+def _model(**over):
+    torch.manual_seed(0)
+    return Transformer(tiny_model_config(**over)).eval()
+
+
+def _prompts(lengths, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 500, (n,), generator=g).tolist() for n in lengths]
+
+
+def test_batched_greedy_equals_one_at_a_time_with_mixed_lengths():
+    model = _model()
+    prompts = _prompts([1, 5, 17, 3, 30, 9, 2])
+    alone = [generate(model, p, GREEDY)[0] for p in prompts]
+    # 3 rows for 7 requests: later ones join the running batch as earlier ones leave it
+    results = run_batch(Engine(model, max_batch=3), [Request(p, GREEDY) for p in prompts])
+    assert [r.tokens for r in results] == alone
+    assert all(r.finish == "length" and r.rolled == 0 for r in results)
+
+
+def test_stops_settings_and_seeds_are_per_row():
+    model = _model()
+    p1, p2, p3 = _prompts([4, 8, 6])
+    varied = SamplingParams(max_new_tokens=16, temperature=0, repetition_penalty=2.0)  # no endless repeats
+    first = generate(model, p1, varied)[0]
+    cut = next(j for j in range(1, len(first)) if first[j] not in first[:j])  # a token not drawn before
+    hot = SamplingParams(max_new_tokens=10, temperature=1.3, top_k=20, top_p=0.9, repetition_penalty=1.3)
+    seeded_alone = run_batch(Engine(model, max_batch=1), [Request(p3, hot, seed=7)])[0].tokens
+    results = run_batch(Engine(model, max_batch=4), [
+        Request(p1, varied, stop_ids=[first[cut]]),  # stops there; the stop token is not emitted
+        Request(p2, GREEDY),
+        Request(p3, hot, seed=7),
+    ])
+    assert results[0].tokens == first[:cut] and results[0].finish == "stop"
+    assert results[1].tokens == generate(model, p2, GREEDY)[0]  # a greedy row is untouched by its neighbours
+    assert results[2].tokens == seeded_alone and results[2].finish == "length"
+
+
+def test_rolling_window_continues_past_max_seq_len():
+    model = _model(max_seq_len=32)
+    long_prompt = _prompts([50])[0]
+    params = SamplingParams(max_new_tokens=70, temperature=0)
+    results = run_batch(Engine(model, max_batch=2, bos_id=long_prompt[0]),
+                        [Request(long_prompt, params), Request(_prompts([3])[0], params)])
+    for r in results:
+        assert len(r.tokens) == 70 and r.finish == "length" and r.rolled > 0
+    # up to the first roll the windowed row decodes exactly like a fresh sequence of its window
+    engine = Engine(model, max_batch=1, bos_id=long_prompt[0])
+    kept = engine._window(long_prompt, engine._room())
+    assert kept[0] == long_prompt[0] and kept[1:] == long_prompt[-(len(kept) - 1):]
+    ref = generate(model, kept, SamplingParams(max_new_tokens=32 - len(kept), temperature=0))[0]
+    assert results[0].tokens[:len(ref)] == ref
+
+
+def test_special_tokens_are_never_penalised():
+    logits = torch.tensor([[2.0, 2.0, -1.0]])
+    seen = torch.tensor([[True, False, True]])
+    one = torch.ones(1)
+    out = sample_rows(logits, seen, torch.zeros(1), torch.zeros(1, dtype=torch.long), one, one * 4, [None])
+    assert out.tolist() == [1]  # token 0 was seen: 2.0 / 4 loses to token 1
+    model = _model()
+    engine = Engine(model, max_batch=2, special_ids=[500, 501])
+    engine.submit(Request([500, 7, 501, 8], SamplingParams(max_new_tokens=2, repetition_penalty=1.5)))
+    engine.step()
+    assert engine.seen[0, [7, 8]].all() and not engine.seen[0, [500, 501]].any()
+
+
+def test_cancel_frees_the_row_and_others_continue():
+    model = _model()
+    engine = Engine(model, max_batch=2)
+    a = engine.submit(Request(_prompts([5])[0], GREEDY))
+    b = engine.submit(Request(_prompts([6], seed=2)[0], GREEDY))
+    engine.step()
+    engine.cancel(a)
+    rest = []
+    while engine.has_work():
+        rest += [e for e in engine.step()]
+    assert {e.rid for e in rest} == {b} and engine.active == 0
+
+
+def test_text_stream_never_emits_half_a_character(tokenizer):
+    stream = TextStream(tokenizer)
+    e_acute = "é".encode()  # two bytes; byte-level ids equal byte values
+    assert stream.push(e_acute[0]) == ""
+    assert stream.push(e_acute[1]) == "é"
+    assert stream.push(tokenizer.end_id) == ""  # special tokens are not text
+    assert stream.push("€".encode()[0]) == "" and stream.flush() == "\ufffd"
+    ids = tokenizer.encode("naïve café ☕ done")
+    stream = TextStream(tokenizer)
+    assert "".join(stream.push(i) for i in ids) + stream.flush() == "naïve café ☕ done"
