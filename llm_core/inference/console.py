@@ -39,7 +39,7 @@ SETTINGS = {
 def reply(engine: Engine, loaded: LoadedModel, messages: list[dict], params: SamplingParams,
           seed: int | None = None) -> Iterator[str]:
     """The assistant's answer to `messages`, piece by piece as it is decoded."""
-    rid = engine.submit(Request(loaded.chat_prompt(messages), params, loaded.stop_ids, seed))
+    rid = engine.submit(Request(loaded.chat_prompt(messages), params, loaded.chat_stop_ids, seed))
     stream = TextStream(loaded.tokenizer)
     try:
         while True:

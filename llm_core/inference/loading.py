@@ -32,8 +32,14 @@ class LoadedModel:
 
     @property
     def stop_ids(self) -> list[int]:
-        # <|end|> closes an assistant turn; <|bos|> starts a new document (plain continuations end there)
+        """Where a plain continuation ends: <|end|>, or <|bos|> (a new document)."""
         return [self.tokenizer.end_id, self.tokenizer.bos_id]
+
+    @property
+    def chat_stop_ids(self) -> list[int]:
+        """Where an assistant turn ends: <|end|>, or any other marker (a model that writes <|user|> is inventing
+        the next turn, which is not part of its answer)."""
+        return self.special_ids
 
     @property
     def special_ids(self) -> list[int]:

@@ -68,8 +68,10 @@ def sample_prompts(loaded: LoadedModel, prompts: list[Prompt], params: SamplingP
                     bos_id=loaded.tokenizer.bos_id)
     requests = []
     for i, p in enumerate(prompts):
-        ids = loaded.plain_prompt(p.prompt) if p.kind == "plain" else loaded.chat_prompt(p.prompt)
-        requests.append(Request(ids, params, loaded.stop_ids, seed + i))
+        if p.kind == "plain":
+            requests.append(Request(loaded.plain_prompt(p.prompt), params, loaded.stop_ids, seed + i))
+        else:
+            requests.append(Request(loaded.chat_prompt(p.prompt), params, loaded.chat_stop_ids, seed + i))
     t0 = time.perf_counter()
     results = run_batch(engine, requests)
     seconds = time.perf_counter() - t0

@@ -169,7 +169,8 @@ def create_app(loaded: LoadedModel, max_batch: int = 16, queue_size: int = 64) -
                 prompt = loaded.plain_prompt(parsed.prompt)
         except api.ApiError as e:
             return error(e)
-        job = _Job(Request(prompt, parsed.params, loaded.stop_ids, parsed.seed), asyncio.get_running_loop())
+        stops = loaded.chat_stop_ids if kind == "chat" else loaded.stop_ids
+        job = _Job(Request(prompt, parsed.params, stops, parsed.seed), asyncio.get_running_loop())
         try:
             scheduler.submit(job)
         except QueueFull:

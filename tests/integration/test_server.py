@@ -118,11 +118,15 @@ def test_malformed_bodies_and_routes_get_4xx_and_the_server_keeps_serving(server
 
 def test_full_queue_answers_503(served_models):
     loaded = load(served_models / "sft", device="cpu")
-    body = {"prompt": "hi", "max_tokens": 1000, "temperature": 0}
     with running(create_app(loaded, max_batch=1, queue_size=1)) as base:
-        # greedy decoding of this prompt runs to the token limit, so the two requests below stay in the server
-        status, reply = request(base, "POST", "/v1/completions", dict(body, max_tokens=300))
-        assert reply["choices"][0]["finish_reason"] == "length"
+        # a prompt whose greedy continuation runs to the token limit keeps the two requests below in the server
+        for prompt in ("hi", "a", "Once", "The", "One day", "Lily", "x", "cat", "Then", "It"):
+            body = {"prompt": prompt, "max_tokens": 300, "temperature": 0}
+            if request(base, "POST", "/v1/completions", body)[1]["choices"][0]["finish_reason"] == "length":
+                break
+        else:
+            pytest.fail("no prompt runs to the limit with this test model")
+        body["max_tokens"] = 4000
         body["stream"] = True
         host, port = base.removeprefix("http://").split(":")
         conns = []
@@ -139,3 +143,17 @@ def test_full_queue_answers_503(served_models):
         assert status == 503 and "capacity" in reply["error"]["message"]
         for c in conns:
             c.close()
+        # clients that hang up free their row and their queue place
+        while (lambda h: h["active"] + h["waiting"])(request(base, "GET", "/health")[1]) > 0:
+            assert time.monotonic() < deadline + 30, "a closed stream kept decoding"
+            time.sleep(0.05)
+        assert request(base, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200
+
+
+def test_llm_serve_without_a_model_says_which_stage_to_run(tmp_path, capsys):
+    from llm_core.inference.server import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", str(tmp_path / "sft")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "llm-serve: error: no trained model in" in err and "dvc repro sft" in err

@@ -1,0 +1,81 @@
+"""The chat page in a real headless Chromium: type, watch the answer stream in, move sliders, send again, clear.
+
+Needs Debian's `chromium` (apt-get install -y chromium) and the `playwright` package (dev extra), which drives the
+system browser through `executable_path`; without them the test is skipped with that message.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from llm_core.inference.loading import load
+from llm_core.inference.server import create_app
+from tests.serving import request, running
+
+INSTALL = ("needs a Chromium and Playwright: `apt-get install -y chromium` and `pip install -e '.[dev]'` "
+           "(installs playwright; no browser download needed)")
+CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+                 if p and shutil.os.path.exists(p)), None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason=INSTALL)
+    if CHROMIUM is None:
+        pytest.skip(INSTALL)
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def _settle(page):
+    """Wait until the answer in progress has finished streaming."""
+    page.wait_for_selector("#send:not([disabled])")
+    page.wait_for_function("!document.querySelector('.streaming')")
+
+
+def test_page_streams_answers_and_sends_slider_values(browser, served_models):
+    loaded = load(served_models / "sft", device="cpu")
+    with running(create_app(loaded, max_batch=4)) as base:
+        # what the page should show: the greedy answer with the page's default penalty and length
+        expected = request(base, "POST", "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "Tell me a story."}], "temperature": 0,
+            "repetition_penalty": 1.1, "max_tokens": 256})[1]["choices"][0]["message"]["content"]
+        assert expected.strip(), "the test model must say something"
+        page = browser.new_page()
+        bodies = []
+        page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if r.method == "POST" else None)
+        page.goto(base + "/")
+        page.wait_for_function("document.getElementById('status').textContent === 'model: sft'")
+        page.focus("#temperature")
+        page.keyboard.press("Home")  # the slider to its minimum: greedy
+        assert page.text_content("#temperature-value") == "0"
+        # count the DOM updates of the answer: a streamed one arrives in several pieces
+        page.evaluate("""() => { window.updates = 0;
+            new MutationObserver(() => window.updates++).observe(document.getElementById('messages'),
+                {childList: true, subtree: true, characterData: true}); }""")
+        page.fill("#input", "Tell me a story.")
+        page.press("#input", "Enter")
+        _settle(page)
+        answers = page.locator(".msg.assistant")
+        assert answers.count() == 1 and answers.nth(0).text_content() == expected
+        assert page.evaluate("window.updates") >= 3
+        assert bodies[-1]["temperature"] == 0 and bodies[-1]["stream"] is True
+
+        page.fill("#max_tokens", "3")  # move a slider, then send again: markup in a message stays text
+        assert page.text_content("#max_tokens-value") == "3"
+        page.fill("#input", "<img src=x onerror=\"window.hacked=1\"> and then?")
+        page.click("#send")
+        _settle(page)
+        assert bodies[-1]["max_tokens"] == 3 and len(bodies[-1]["messages"]) == 3
+        assert [m["role"] for m in bodies[-1]["messages"]] == ["user", "assistant", "user"]
+        assert answers.count() == 2 and page.locator("#messages img").count() == 0
+        assert page.evaluate("window.hacked === undefined")
+
+        page.click("#clear")
+        assert page.locator(".msg").count() == 0
+        page.close()
