@@ -77,8 +77,9 @@ class Engine:
         self.cache = KVCache.empty(self.cfg, max_batch, self.cfg.max_seq_len, p.device, p.dtype, ragged=True)
         self.logits = torch.zeros(max_batch, V, device=p.device)  # next-token logits of each row
         self.seen = torch.zeros(max_batch, V, dtype=torch.bool, device=p.device)  # tokens the penalty applies to
+        self.special_ids = {i for i in special_ids if 0 <= i < V}
         self.special = torch.zeros(V, dtype=torch.bool, device=p.device)
-        self.special[[i for i in special_ids if 0 <= i < V]] = True
+        self.special[list(self.special_ids)] = True
         self.temperature = torch.zeros(max_batch, device=p.device)
         self.top_k = torch.zeros(max_batch, dtype=torch.long, device=p.device)
         self.top_p = torch.ones(max_batch, device=p.device)
@@ -123,16 +124,21 @@ class Engine:
     @torch.no_grad()
     def step(self) -> list[Event]:
         """Admit queued requests, draw one token for every row, advance the cache. Returns what happened."""
-        while self.pending and len(self.rows) < self.max_batch:
-            self._admit(*self.pending.popleft())
+        joining = []
+        while self.pending and len(self.rows) + len(joining) < self.max_batch:
+            joining.append(self.pending.popleft())
+        if joining:
+            self._admit(joining)
         n = len(self.rows)
         if n == 0:
             return []
         t0 = time.perf_counter()
         gens = [row.generator or self.generator for row in self.rows]
+        hot = [i for i, row in enumerate(self.rows) if row.req.params.temperature > 0]
+        penalise = any(row.req.params.repetition_penalty != 1.0 for row in self.rows)
         tokens = sample_rows(self.logits[:n], self.seen[:n], self.temperature[:n], self.top_k[:n], self.top_p[:n],
-                             self.penalty[:n], gens).tolist()
-        events, done = [], []
+                             self.penalty[:n], gens, hot, penalise).tolist()
+        events, done, seen_rows, seen_tokens = [], [], [], []
         for i, (row, tok) in enumerate(zip(self.rows, tokens)):
             if tok in row.stops:
                 events.append(Event(row.rid, None, STOP, row.rolled))
@@ -140,12 +146,15 @@ class Engine:
                 continue
             row.new += 1
             row.context.append(tok)
-            if not self.special[tok]:
-                self.seen[i, tok] = True
+            if tok not in self.special_ids:
+                seen_rows.append(i)
+                seen_tokens.append(tok)
             finish = LENGTH if row.new >= row.req.params.max_new_tokens else None
             events.append(Event(row.rid, tok, finish, row.rolled))
             if finish:
                 done.append(i)
+        if penalise and seen_rows:  # before rows move: indices are this step's
+            self.seen[seen_rows, seen_tokens] = True
         for i in reversed(done):
             self._remove(i)
         if self.rows:
@@ -177,35 +186,47 @@ class Engine:
         # drop a quarter of the context at once: the rebuild (a prefill) then happens once per max_seq_len/4 tokens
         return max(1, self.cfg.max_seq_len - max(1, self.cfg.max_seq_len // 4))
 
-    def _prefill(self, i: int, tokens: list[int]) -> None:
-        view = self.cache.rows(i, i + 1)
+    def _prefill(self, i: int, tokens: list[list[int]]) -> None:
+        """Run rows i.. (prompts of one length) through the model from an empty cache: one forward for all."""
+        view = self.cache.rows(i, i + len(tokens))
         view.lengths.zero_()
-        ids = torch.tensor([tokens], device=self.device)
-        self.logits[i] = self.model(ids, view)[0, -1].float()
+        ids = torch.tensor(tokens, device=self.device)
+        self.logits[i:i + len(tokens)] = self.model(ids, view)[:, -1].float()
 
     def _roll(self, i: int) -> None:
         """Rebuild row i's cache from the window of its context (the newest token stays out: `_advance` feeds it)."""
         row = self.rows[i]
         kept = self._window(row.context[:-1], self._room() - 1)
         row.rolled += len(row.context) - 1 - len(kept)
-        self._prefill(i, kept)
+        self._prefill(i, [kept])
         row.context = kept + row.context[-1:]
 
-    def _admit(self, rid: int, req: Request) -> None:
-        i = len(self.rows)
-        prompt = list(req.prompt)
-        kept = prompt if len(prompt) < self.cfg.max_seq_len else self._window(prompt, self._room())
-        row = _Row(rid, req, kept, None, frozenset(req.stop_ids), rolled=len(prompt) - len(kept))
-        if req.seed is not None:
-            row.generator = torch.Generator(device=self.device).manual_seed(req.seed)
-        self.rows.append(row)
-        p = req.params
-        self.temperature[i], self.top_k[i], self.top_p[i] = p.temperature, p.top_k, p.top_p
-        self.penalty[i] = p.repetition_penalty
-        self.seen[i] = False
-        self.seen[i, torch.tensor(prompt, device=self.device)] = True
-        self.seen[i] &= ~self.special
-        self._prefill(i, kept)
+    def _admit(self, joining: list[tuple[int, Request]]) -> None:
+        """Give each new request a row and prefill it; prompts of equal length are prefilled together."""
+        kept = {}
+        for rid, req in joining:
+            prompt = list(req.prompt)
+            kept[rid] = prompt if len(prompt) < self.cfg.max_seq_len else self._window(prompt, self._room())
+        first = len(self.rows)
+        for rid, req in sorted(joining, key=lambda j: len(kept[j[0]])):
+            i = len(self.rows)
+            row = _Row(rid, req, kept[rid], None, frozenset(req.stop_ids), rolled=len(req.prompt) - len(kept[rid]))
+            if req.seed is not None:
+                row.generator = torch.Generator(device=self.device).manual_seed(req.seed)
+            self.rows.append(row)
+            p = req.params
+            self.temperature[i], self.top_k[i], self.top_p[i] = p.temperature, p.top_k, p.top_p
+            self.penalty[i] = p.repetition_penalty
+            self.seen[i] = False
+            self.seen[i, torch.tensor(list(req.prompt), device=self.device)] = True
+            self.seen[i] &= ~self.special
+        i = first
+        while i < len(self.rows):
+            j = i
+            while j < len(self.rows) and len(self.rows[j].context) == len(self.rows[i].context):
+                j += 1
+            self._prefill(i, [row.context for row in self.rows[i:j]])
+            i = j
 
     def _remove(self, i: int) -> None:
         """Free row i: the last row moves into it (cache, logits, settings) so rows stay 0..n-1."""

@@ -70,17 +70,20 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor
 
 
 def sample_rows(logits: torch.Tensor, seen: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                top_p: torch.Tensor, penalty: torch.Tensor,
-                generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+                top_p: torch.Tensor, penalty: torch.Tensor, generators: Sequence[torch.Generator | None],
+                hot: Sequence[int] | None = None, penalise: bool = True) -> torch.Tensor:
     """One token per row, each row with its own settings: logits (B, V), seen (B, V) bool (tokens to penalise),
     settings (B,) each. A row with temperature 0 is greedy; the others draw with their own generator, so a seeded
-    row gives the same tokens whatever else shares the batch."""
+    row gives the same tokens whatever else shares the batch. `hot` (the sampling rows) and `penalise` (whether
+    any row has a penalty) may be passed by a caller that already knows them, saving a device sync."""
     logits = logits.float()
-    pen = penalty[:, None]
-    penalised = torch.where(logits > 0, logits / pen, logits * pen)
-    logits = torch.where(seen, penalised, logits)
+    if penalise:
+        pen = penalty[:, None]
+        penalised = torch.where(logits > 0, logits / pen, logits * pen)
+        logits = torch.where(seen, penalised, logits)
     out = logits.argmax(-1)  # (B,)
-    hot = (temperature > 0).nonzero().flatten().tolist()
+    if hot is None:
+        hot = (temperature > 0).nonzero().flatten().tolist()
     if hot:
         rows = torch.tensor(hot, device=logits.device)
         scaled = logits[rows] / temperature[rows, None]

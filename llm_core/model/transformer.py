@@ -198,7 +198,13 @@ class Transformer(nn.Module):
     def _forward_ragged(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Every row continues from its own cache length: its own RoPE positions, its own visible keys."""
         B, T = idx.shape
-        end = int(cache.lengths.max()) + T
+        lengths = cache.lengths.tolist()
+        if min(lengths) == max(lengths):
+            # rows in step (one row, or prompts of one length): the plain path, no mask and no scattered writes
+            logits = self.forward(idx, KVCache(cache.k, cache.v, pos=lengths[0]))
+            cache.lengths += T
+            return logits
+        end = max(lengths) + T
         if end > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {end} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         pos = cache.lengths[:, None] + torch.arange(T, device=idx.device)  # (B, T)
