@@ -121,7 +121,7 @@ class Engine:
 
     # ---------------------------------------------------------------------------------------------------- stepping
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self) -> list[Event]:
         """Admit queued requests, draw one token for every row, advance the cache. Returns what happened."""
         joining = []
