@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             if not lo <= getattr(params, field) <= hi:
                 raise ValueError(f"{flag} must be between {lo:g} and {hi:g} (got {getattr(params, field):g})")
         loaded = load(args.model, args.tokenizer, args.device)
-        engine = Engine(loaded.model, max_batch=1, special_ids=loaded.special_ids, bos_id=loaded.tokenizer.bos_id)
+        engine = loaded.engine(max_batch=1)
         if args.prompt is not None:
             for piece in reply(engine, loaded, [{"role": "user", "content": args.prompt}], params, args.seed):
                 print(piece, end="", flush=True)

@@ -66,7 +66,7 @@ class _Row:
 
 class Engine:
     def __init__(self, model: Transformer, max_batch: int = 16, special_ids: Iterable[int] = (),
-                 bos_id: int | None = None, seed: int = 0):
+                 bos_id: int | None = None, seed: int = 0, vocab_size: int | None = None):
         model.eval()
         self.model, self.cfg = model, model.cfg
         self.max_batch = max_batch
@@ -77,6 +77,8 @@ class Engine:
         self.cache = KVCache.empty(self.cfg, max_batch, self.cfg.max_seq_len, p.device, p.dtype, ragged=True)
         self.logits = torch.zeros(max_batch, V, device=p.device)  # next-token logits of each row
         self.seen = torch.zeros(max_batch, V, dtype=torch.bool, device=p.device)  # tokens the penalty applies to
+        # a model's vocabulary may be padded past its tokenizer's: ids with no text are never drawn
+        self.vocab_size = min(vocab_size or V, V)
         self.special_ids = {i for i in special_ids if 0 <= i < V}
         self.special = torch.zeros(V, dtype=torch.bool, device=p.device)
         self.special[list(self.special_ids)] = True
@@ -173,6 +175,7 @@ class Engine:
         n = len(self.rows)
         last = torch.tensor([[row.context[-1]] for row in self.rows], device=self.device)  # (n, 1)
         self.logits[:n] = self.model(last, self.cache.rows(0, n))[:, -1].float()
+        self.logits[:n, self.vocab_size:] = float("-inf")
 
     def _window(self, tokens: list[int], room: int) -> list[int]:
         """The most recent `room` tokens, keeping a leading BOS."""
@@ -192,6 +195,7 @@ class Engine:
         view.lengths.zero_()
         ids = torch.tensor(tokens, device=self.device)
         self.logits[i:i + len(tokens)] = self.model(ids, view)[:, -1].float()
+        self.logits[i:i + len(tokens), self.vocab_size:] = float("-inf")
 
     def _roll(self, i: int) -> None:
         """Rebuild row i's cache from the window of its context (the newest token stays out: `_advance` feeds it)."""

@@ -75,7 +75,10 @@ def sample_rows(logits: torch.Tensor, seen: torch.Tensor, temperature: torch.Ten
     """One token per row, each row with its own settings: logits (B, V), seen (B, V) bool (tokens to penalise),
     settings (B,) each. A row with temperature 0 is greedy; the others draw with their own generator, so a seeded
     row gives the same tokens whatever else shares the batch. `hot` (the sampling rows) and `penalise` (whether
-    any row has a penalty) may be passed by a caller that already knows them, saving a device sync."""
+    any row has a penalty) may be passed by a caller that already knows them, saving a device sync.
+
+    The draw works on the top-k candidates only (top-k, then top-p inside them, then inverse-CDF with one uniform
+    number per row): sorting k of V logits instead of all of them is what keeps large batches cheap."""
     logits = logits.float()
     if penalise:
         pen = penalty[:, None]
@@ -84,12 +87,24 @@ def sample_rows(logits: torch.Tensor, seen: torch.Tensor, temperature: torch.Ten
     out = logits.argmax(-1)  # (B,)
     if hot is None:
         hot = (temperature > 0).nonzero().flatten().tolist()
-    if hot:
-        rows = torch.tensor(hot, device=logits.device)
-        scaled = logits[rows] / temperature[rows, None]
-        probs = filter_logits(scaled, top_k[rows], top_p[rows]).softmax(-1)
-        for j, i in enumerate(hot):
-            out[i] = torch.multinomial(probs[j], 1, generator=generators[i])[0]
+    if not hot:
+        return out
+    rows = torch.tensor(hot, device=logits.device)
+    V = logits.shape[-1]
+    k = top_k[rows]
+    k = torch.where((k <= 0) | (k > V), V, k)  # (h,)
+    width = int(k.max())
+    vals, idx = torch.topk(logits[rows] / temperature[rows, None], width, dim=-1)  # (h, width), best first
+    rank = torch.arange(width, device=logits.device)
+    vals = vals.masked_fill(rank >= k[:, None], float("-inf"))
+    probs = vals.softmax(-1)
+    p = top_p[rows, None]
+    # drop a candidate when the ones ranked above it already reach top_p (the best one always stays)
+    probs = probs.masked_fill(((probs.cumsum(-1) - probs) >= p) & (p < 1.0), 0.0)
+    cdf = probs.cumsum(-1)
+    u = torch.cat([torch.rand(1, generator=generators[i], device=logits.device) for i in hot])  # (h,)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_(max=width - 1)  # (h, 1)
+    out[rows] = idx.gather(-1, pick)[:, 0]
     return out
 
 

@@ -10,6 +10,7 @@ import torch
 
 from llm_core.data import chat
 from llm_core.data.tokenizer import Tokenizer
+from llm_core.inference.engine import Engine
 from llm_core.model.io import WEIGHTS, load_model
 from llm_core.model.transformer import Transformer
 
@@ -50,6 +51,12 @@ class LoadedModel:
 
     def plain_prompt(self, text: str) -> list[int]:
         return [self.tokenizer.bos_id] + self.tokenizer.encode(text)
+
+    def engine(self, max_batch: int, seed: int = 0) -> Engine:
+        """A batched decoder for this model: special tokens unpenalised, BOS kept by the rolling window, only
+        ids the tokenizer can write drawn."""
+        return Engine(self.model, max_batch=max_batch, special_ids=self.special_ids, bos_id=self.tokenizer.bos_id,
+                      seed=seed, vocab_size=self.tokenizer.vocab_size)
 
 
 def load(model_dir: str | Path, tokenizer_dir: str | Path | None = None, device: str | None = None,

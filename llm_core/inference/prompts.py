@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_core.data.chat import validate_messages
-from llm_core.inference.engine import Engine, Request, run_batch
+from llm_core.inference.engine import Request, run_batch
 from llm_core.inference.generate import SamplingParams
 from llm_core.inference.loading import LoadedModel
 
@@ -64,8 +64,7 @@ def sample_prompts(loaded: LoadedModel, prompts: list[Prompt], params: SamplingP
                    max_batch: int) -> tuple[list[dict], dict]:
     """Decode every prompt in one continuous batch; records in prompt order and the run's throughput.
     Prompt i draws with seed + i, so its output does not depend on which other prompts share the batch."""
-    engine = Engine(loaded.model, max_batch=max_batch, special_ids=loaded.special_ids,
-                    bos_id=loaded.tokenizer.bos_id)
+    engine = loaded.engine(max_batch, seed)
     requests = []
     for i, p in enumerate(prompts):
         if p.kind == "plain":

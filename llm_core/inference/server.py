@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import queue
 import threading
 import time
@@ -42,8 +43,18 @@ class _Job:
         self.rid: int | None = None
         self.admitted = False
 
-    def put(self, ev: Event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, ev)
+    async def next_events(self) -> list[Event]:
+        """Every event delivered so far (at least one): a handler that fell behind sends them as one chunk."""
+        out = [await self.events.get()]
+        while not self.events.empty():
+            out.append(self.events.get_nowait())
+        return out
+
+
+def _deliver(batch: list[tuple[_Job, Event]]) -> None:
+    """Runs in the event loop: one wake-up per engine step, not one per token."""
+    for job, ev in batch:
+        job.events.put_nowait(ev)
 
 
 class QueueFull(Exception):
@@ -122,21 +133,24 @@ class Scheduler:
                 self.error = e
                 for rid, job in list(self._jobs.items()):
                     self.engine.cancel(rid)
-                    job.put(Event(rid, None, "error"))
+                    job.loop.call_soon_threadsafe(_deliver, [(job, Event(rid, None, "error"))])
                 self._jobs.clear()
                 with self._lock:
                     self._waiting = 0
                 continue
             in_batch = {row.rid for row in self.engine.rows}
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Event]]] = {}
             for ev in events:
                 job = self._jobs.get(ev.rid)
                 if job is None:
                     continue
                 if not job.admitted:
                     self._count_admitted(job)
-                job.put(ev)
+                by_loop.setdefault(job.loop, []).append((job, ev))
                 if ev.finish:
                     del self._jobs[ev.rid]
+            for loop, batch in by_loop.items():
+                loop.call_soon_threadsafe(_deliver, batch)
             for rid in in_batch:
                 job = self._jobs.get(rid)
                 if job is not None and not job.admitted:
@@ -149,8 +163,7 @@ def _sse(obj) -> bytes:
 
 def create_app(loaded: LoadedModel, max_batch: int = 16, queue_size: int = 64) -> Starlette:
     """The ASGI app; the engine thread starts with the app and stops with it."""
-    engine = Engine(loaded.model, max_batch=max_batch, special_ids=loaded.special_ids,
-                    bos_id=loaded.tokenizer.bos_id)
+    engine = loaded.engine(max_batch)
     scheduler = Scheduler(engine, queue_size)
     model_id = loaded.name
     vocab = loaded.tokenizer.vocab_size
@@ -185,11 +198,11 @@ def create_app(loaded: LoadedModel, max_batch: int = 16, queue_size: int = 64) -
         stream = TextStream(loaded.tokenizer)
         try:
             while finish is None:
-                ev = await job.events.get()
-                if ev.token is not None:
-                    count += 1
-                    text.append(stream.push(ev.token))
-                finish = ev.finish
+                for ev in await job.next_events():
+                    if ev.token is not None:
+                        count += 1
+                        text.append(stream.push(ev.token))
+                    finish = ev.finish
         except asyncio.CancelledError:
             scheduler.cancel(job)
             raise
@@ -206,22 +219,26 @@ def create_app(loaded: LoadedModel, max_batch: int = 16, queue_size: int = 64) -
             if kind == "chat":
                 yield _sse(api.chunk(kind, rid, model_id, created, "", None, first=True))
             while finish is None:
-                ev = await job.events.get()
-                piece = ""
-                if ev.token is not None:
-                    count += 1
-                    piece = stream.push(ev.token)
-                finish = ev.finish
+                pieces = []
+                for ev in await job.next_events():
+                    if ev.token is not None:
+                        count += 1
+                        pieces.append(stream.push(ev.token))
+                    finish = ev.finish
                 if finish:
-                    piece += stream.flush()
-                if piece:
-                    yield _sse(api.chunk(kind, rid, model_id, created, piece, None))
+                    pieces.append(stream.flush())
+                if any(pieces):
+                    yield _sse(api.chunk(kind, rid, model_id, created, "".join(pieces), None))
             if finish == "error":
                 yield _sse(api.ApiError(500, "generation failed inside the server; see its log").body())
             else:
                 yield _sse(api.chunk(kind, rid, model_id, created, None, finish))
                 if parsed.include_usage:
                     yield _sse(api.usage_chunk(kind, rid, model_id, created, api.usage(n_prompt, count)))
+            yield b"data: [DONE]\n\n"
+        except Exception:  # a bug of ours mid-stream: the client gets an error event, the server goes on
+            logging.getLogger("llm_core.serve").exception("stream failed")
+            yield _sse(api.ApiError(500, "generation failed inside the server; see its log").body())
             yield b"data: [DONE]\n\n"
         finally:
             if finish is None:  # the client went away: free its batch row
@@ -282,10 +299,15 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most")
         ap.add_argument("--queue", type=int, default=64, help="requests waiting for a row at most (then 503)")
         ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
+        ap.add_argument("--threads", type=int, default=0, help="CPU threads for the model (default: PyTorch's)")
         args = ap.parse_args(argv)
         if args.max_batch < 1 or args.queue < 0:
             raise ValueError("--max-batch must be >= 1 and --queue >= 0")
+        import torch
         import uvicorn
+
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
 
         loaded = load(args.model, args.tokenizer, args.device)
         app = create_app(loaded, args.max_batch, args.queue)

@@ -20,7 +20,11 @@ class TextStream:
         """The text that `token` completes (maybe "", when it ends inside a character)."""
         if token in self._special:
             return ""
-        return self._decoder.decode(self._enc.decode_single_token_bytes(token))
+        try:
+            data = self._enc.decode_single_token_bytes(token)
+        except KeyError:  # an id past the tokenizer's vocabulary (a padded model head): no text
+            return ""
+        return self._decoder.decode(data)
 
     def flush(self) -> str:
         """Whatever is held back at the end: a cut character becomes U+FFFD."""

@@ -103,3 +103,27 @@ def test_text_stream_never_emits_half_a_character(tokenizer):
     ids = tokenizer.encode("naïve café ☕ done")
     stream = TextStream(tokenizer)
     assert "".join(stream.push(i) for i in ids) + stream.flush() == "naïve café ☕ done"
+
+
+def test_ids_past_the_tokenizer_are_never_drawn(tokenizer):
+    model = _model()  # vocabulary 512; pretend the tokenizer knows only 300 ids
+    hot = SamplingParams(max_new_tokens=40, temperature=2.0)
+    results = run_batch(Engine(model, max_batch=2, vocab_size=300), [Request([1, 2], hot, seed=s) for s in (1, 2)])
+    assert all(0 <= t < 300 for r in results for t in r.tokens)
+    assert TextStream(tokenizer).push(10**6) == ""  # an unknown id has no text rather than failing the stream
+
+
+def test_batched_draws_follow_top_k_top_p_and_the_probabilities():
+    probs = torch.tensor([0.45, 0.25, 0.15, 0.1, 0.05])
+    n = 2000
+    logits = probs.log().expand(n, 5).clone()
+    g = torch.Generator().manual_seed(0)
+    ones, unseen = torch.ones(n), torch.zeros(n, 5, dtype=torch.bool)
+
+    def draw(k, p):
+        return sample_rows(logits, unseen, ones, torch.full((n,), k), torch.full((n,), p), ones,
+                           [g] * n)
+
+    freq = torch.bincount(draw(3, 1.0), minlength=5).float() / n  # top-3: renormalised 0.45 / 0.25 / 0.15
+    assert torch.allclose(freq, torch.tensor([0.45, 0.25, 0.15, 0, 0]) / 0.85, atol=0.04)
+    assert set(draw(0, 0.6).tolist()) == {0, 1}  # the nucleus that reaches 0.6

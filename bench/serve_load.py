@@ -1,0 +1,138 @@
+"""Serving under load: aggregate tokens/s of `llm-serve` with 1 and with 16 concurrent streaming clients, and the
+time to first token (p50 / p95).
+
+The server runs as its own process (as users run it) on 127.0.0.1 with a tiny-preset model of random weights and a
+throwaway tokenizer trained here; clients are threads sending streaming `/v1/completions` requests and reading
+every event. With one client each request decodes alone; with 16, continuous batching decodes them together, so
+the ratio is the gain of batching on the serving path (HTTP, JSON and SSE included). Tokens are counted from the
+usage each stream reports. The last line is JSON: `ratio_16_vs_1` (target >= 4), `ttft_p50_s`, `ttft_p95_s`.
+
+    python bench/serve_load.py [--requests 8] [--max-tokens 64] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+sys.path.insert(0, os.path.dirname(_here))
+
+import argparse  # noqa: E402
+import http.client  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from llm_core.config import ModelConfig  # noqa: E402
+from llm_core.data import synthetic  # noqa: E402
+from llm_core.data.tokenizer import train_tokenizer  # noqa: E402
+from llm_core.model.io import write_model  # noqa: E402
+from llm_core.model.transformer import Transformer  # noqa: E402
+
+PROMPTS = ["Once upon a time", "One day, a little", "The cat", "Lily and her dog", "It was a sunny day"]
+
+
+def build_models(root: Path, vocab: int) -> Path:
+    texts, _ = synthetic.generate_stories(7, 2000)
+    tok = train_tokenizer(texts, vocab, root / "tokenizer")
+    torch.manual_seed(0)
+    cfg = ModelConfig(preset="tiny", tie_embeddings=False).resolved(tok.vocab_size)
+    write_model(root / "sft", Transformer(cfg))
+    return root / "sft"
+
+
+def one_stream(port: int, prompt: str, max_tokens: int, seed: int) -> tuple[float, float, int]:
+    """(seconds to first text, seconds in all, completion tokens) of one streamed completion."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 1.0, "top_k": 50, "seed": seed,
+            "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    conn.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    first, tokens = None, 0
+    for line in resp:
+        line = line.strip()
+        if not line.startswith(b"data: ") or line == b"data: [DONE]":
+            continue
+        event = json.loads(line[6:])
+        if event["choices"] and event["choices"][0]["text"] and first is None:
+            first = time.perf_counter() - t0
+        if event.get("usage"):
+            tokens = event["usage"]["completion_tokens"]
+    conn.close()
+    total = time.perf_counter() - t0
+    return (first if first is not None else total), total, tokens
+
+
+def load_phase(port: int, clients: int, requests: int, max_tokens: int) -> tuple[float, list[float]]:
+    """Aggregate tokens/s and every request's time to first token, `clients` threads x `requests` each."""
+    def client(c: int) -> list[tuple[float, float, int]]:
+        return [one_stream(port, PROMPTS[(c + r) % len(PROMPTS)], max_tokens, c * 1000 + r) for r in range(requests)]
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [x for part in pool.map(client, range(clients)) for x in part]
+    wall = time.perf_counter() - t0
+    return sum(r[2] for r in results) / wall, [r[0] for r in results]
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=8, help="requests per client")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1, help="the server's CPU threads")
+    ap.add_argument("--vocab", type=int, default=2048)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_models(Path(tmp), args.vocab)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "llm_core.inference.server", "--model", str(model_dir),
+                                   "--port", str(port), "--max-batch", str(args.clients),
+                                   "--threads", str(args.threads)],
+                                  cwd=os.path.dirname(_here), stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    http.client.HTTPConnection("127.0.0.1", port, timeout=2).request("GET", "/health")
+                    break
+                except OSError:
+                    assert server.poll() is None and time.monotonic() < deadline, "llm-serve did not start"
+                    time.sleep(0.2)
+            load_phase(port, 2, 1, 8)  # warm-up
+            one_tps, one_ttft = load_phase(port, 1, args.requests, args.max_tokens)
+            many_tps, many_ttft = load_phase(port, args.clients, args.requests, args.max_tokens)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    print(f"\nllm-serve, tiny preset (random weights, vocab {args.vocab}), {args.threads} server thread(s), "
+          f"{args.requests} streamed requests per client, <= {args.max_tokens} tokens each")
+    print(f"{'clients':<10}{'tokens/s':>10}{'TTFT p50 (ms)':>16}{'TTFT p95 (ms)':>16}")
+    for n, tps, ttft in ((1, one_tps, one_ttft), (args.clients, many_tps, many_ttft)):
+        print(f"{n:<10}{tps:>10.0f}{pct(ttft, 50) * 1e3:>16.1f}{pct(ttft, 95) * 1e3:>16.1f}")
+    print(f"ratio {args.clients} clients / 1 client: {many_tps / one_tps:.2f}x")
+    print(json.dumps({f"ratio_{args.clients}_vs_1": round(many_tps / one_tps, 2),
+                      "tokens_per_sec_1": round(one_tps, 1), f"tokens_per_sec_{args.clients}": round(many_tps, 1),
+                      "ttft_p50_s": round(pct(many_ttft, 50), 4), "ttft_p95_s": round(pct(many_ttft, 95), 4),
+                      "ttft_p50_s_1_client": round(pct(one_ttft, 50), 4), "threads": args.threads}))
+
+
+if __name__ == "__main__":
+    main()
