@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # stage commands call `python`: put the project's interpreter first
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: repro test install bench clean-venv
+.PHONY: repro test install bench clean-venv chat serve
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ repro: install
 
 test: install
 	$(RUN) $(BIN)/python -m pytest -q
+
+# talk to the trained model (after `make repro`): ARGS="--model models/pretrain", ARGS="--port 8080", ...
+chat: install
+	$(RUN) $(BIN)/llm-chat $(ARGS)
+
+serve: install
+	$(RUN) $(BIN)/llm-serve $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

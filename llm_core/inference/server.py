@@ -45,7 +45,10 @@ class _Job:
 
     async def next_events(self) -> list[Event]:
         """Every event delivered so far (at least one): a handler that fell behind sends them as one chunk."""
-        out = [await self.events.get()]
+        return [await self.events.get()] + self.drain()
+
+    def drain(self) -> list[Event]:
+        out = []
         while not self.events.empty():
             out.append(self.events.get_nowait())
         return out
@@ -55,6 +58,11 @@ def _deliver(batch: list[tuple[_Job, Event]]) -> None:
     """Runs in the event loop: one wake-up per engine step, not one per token."""
     for job, ev in batch:
         job.events.put_nowait(ev)
+
+
+# A stream sends at most one chunk per interval (the first at once): nobody reads faster than 50 updates a
+# second, and under load every send costs the server a syscall and a turn of the GIL that decoding needs.
+STREAM_INTERVAL_S = 0.02
 
 
 class QueueFull(Exception):
@@ -218,9 +226,15 @@ def create_app(loaded: LoadedModel, max_batch: int = 16, queue_size: int = 64) -
         try:
             if kind == "chat":
                 yield _sse(api.chunk(kind, rid, model_id, created, "", None, first=True))
+            loop, last = asyncio.get_running_loop(), 0.0
             while finish is None:
                 pieces = []
-                for ev in await job.next_events():
+                events = await job.next_events()
+                wait = last + STREAM_INTERVAL_S - loop.time()
+                if wait > 0 and not events[-1].finish:
+                    await asyncio.sleep(wait)
+                    events += job.drain()
+                for ev in events:
                     if ev.token is not None:
                         count += 1
                         pieces.append(stream.push(ev.token))
@@ -229,6 +243,7 @@ def create_app(loaded: LoadedModel, max_batch: int = 16, queue_size: int = 64) -
                     pieces.append(stream.flush())
                 if any(pieces):
                     yield _sse(api.chunk(kind, rid, model_id, created, "".join(pieces), None))
+                    last = loop.time()
             if finish == "error":
                 yield _sse(api.ApiError(500, "generation failed inside the server; see its log").body())
             else:
