@@ -2,10 +2,11 @@
 time to first token (p50 / p95).
 
 The server runs as its own process (as users run it) on 127.0.0.1 with a tiny-preset model of random weights and a
-throwaway tokenizer trained here; clients are asyncio tasks in this process sending streaming `/v1/completions` requests and reading
-every event. With one client each request decodes alone; with 16, continuous batching decodes them together, so
-the ratio is the gain of batching on the serving path (HTTP, JSON and SSE included). Tokens are counted from the
-usage each stream reports. Rounds alternate the two loads; each figure is the best round. The last line is JSON: `ratio_16_vs_1` (target >= 4), `ttft_p50_s`, `ttft_p95_s`.
+throwaway tokenizer trained here; clients are asyncio tasks in this process sending streaming `/v1/completions`
+requests and reading every event. With one client each request decodes alone; with 16, continuous batching decodes
+them together, so the ratio is the gain of batching on the whole serving path (HTTP, JSON and SSE included). Tokens
+are counted from the usage each stream reports. Rounds alternate the two loads; each figure is the best round. The
+last line is JSON: `ratio_16_vs_1` (target >= 4), `ttft_p50_s`, `ttft_p95_s`.
 
     python bench/serve_load.py [--requests 8] [--max-tokens 64] [--threads 1] [--rounds 3]
 """
