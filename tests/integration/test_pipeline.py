@@ -87,20 +87,6 @@ def test_repro_end_to_end_then_incremental(repo: Path, tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_fsdp_on_two_processes_runs_through_validation(repo: Path):
-    """Validation rows that do not fill whole global batches once hung FSDP (one rank ran an extra forward)."""
-    dvc = [sys.executable, "-m", "dvc"]
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["parallel"].update(mode="fsdp", nproc=2)
-    params["pretrain"].update(eval_batches=1000, steps=4, eval_every=2)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = run(dvc + ["repro", "pretrain"], repo, timeout=600)
-    assert "torch.distributed.run" in out and ran_stages(out) == ["pretrain"]
-    info = json.loads((repo / "models/pretrain/train_info.json").read_text())
-    assert info["steps"] == 4 and "val_loss" in info
-
-
-@pytest.mark.slow
 def test_bad_params_stop_before_work_and_keep_outputs(repo: Path):
     before = (repo / "metrics/pretrain.json").read_text()
     params = yaml.safe_load((repo / "params.yaml").read_text())
