@@ -40,11 +40,12 @@ class _Section:
     _path = ""
 
     def __getattribute__(self, name: str):
-        if _read_keys is not None and not name.startswith("_"):
+        value = object.__getattribute__(self, name)
+        if _read_keys is not None and not name.startswith("_") and not isinstance(value, _Section):
             path = object.__getattribute__(self, "_path")
             if path and name in object.__getattribute__(self, "__dataclass_fields__"):
-                _read_keys.add(f"{path}.{name}")
-        return object.__getattribute__(self, name)
+                _read_keys.add(f"{path}.{name}")  # a key, not a sub-section: those record their own keys
+        return value
 
 
 @dataclass

@@ -91,8 +91,9 @@ class Trainer:
         self.best_dir = job.out_dir / "best"
         # what decides the trajectory: a checkpoint of another config / data / start / rank count is never continued
         init_hash = weights_hash(job.init_from) if job.init_from is not None else ""
-        self.run_id = fingerprint(model_cfg, {k: v for k, v in asdict(cfg).items() if k not in ("threads", "peak_flops")},
-                                  job.data_fingerprint, init_hash, self.mode, ctx.world, self.accum)
+        trajectory = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "peak_flops")}
+        self.run_id = fingerprint(model_cfg, trajectory, job.data_fingerprint, init_hash, self.mode, ctx.world,
+                                  self.accum)
         self.train_loader = Loader(job.train_rows, cfg.batch_size, ctx.rank, ctx.world, seed=cfg.seed)
 
         # every rank starts from the same weights: the same seed, then (SFT) the same file
