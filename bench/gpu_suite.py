@@ -21,8 +21,8 @@ finished and runs the rest, for a second slot after a cut-off one.
 Without CUDA (or with `--tiny`) the same parts run on tiny shapes, the kernel in Triton's interpreter, so the suite is
 proven end to end on any machine (tests/integration/test_gpu_suite.py); those figures say nothing about speed.
 
-    python bench/gpu_suite.py                   # full suite (~8 min on one GPU), tiny on a CPU
-    python bench/gpu_suite.py --quick           # ~3 min
+    python bench/gpu_suite.py                   # full suite (at most 8 min on one GPU), tiny on a CPU
+    python bench/gpu_suite.py --quick           # at most 3 min
     python bench/gpu_suite.py --show bench/gpu_suite.json    # the table of an earlier run
 """
 
@@ -338,8 +338,9 @@ def _pretrain_lines(report: dict) -> list[str]:
     p = _result(report, "pretrain_stage")
     if not p:
         return []
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in (p.get("stage_seconds") or {}).items())
     return [f"Pretrain stage: {p['preset']}, {p['steps']} steps of {p['batch_size']} x {p['seq_len']}, {p['optimizer']}; "
-            f"stage seconds {p.get('stage_seconds')}",
+            f"seconds per stage: {stages}",
             f"{'':<12} {'tokens/s':>11} {'MFU':>6}",
             f"{'whole run':<12} {_f(p.get('tokens_per_sec'), '11.0f')} {_f(p.get('mfu'), '6.1%')}   "
             "(metrics/pretrain.json: compile, validation and checkpoint included)",
