@@ -37,7 +37,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,6 @@ class Step:
     name: str
     argv: list[str]
     limit_s: float
-    env: dict[str, str] = field(default_factory=dict)
 
 
 # tiny shapes spelled out in full, so that `--tiny` on a GPU is a quick smoke test too (no compilation there)
@@ -150,15 +149,14 @@ def plan(mode: str, only: list[str] | None = None) -> list[Step]:
     return steps
 
 
-def child_env(tiny: bool, extra: dict[str, str]) -> dict[str, str]:
+def child_env(cpu_only: bool) -> dict[str, str]:
     # this checkout's llm_core first, whatever else is installed; output unbuffered so a killed part's log is whole
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                PYTHONUNBUFFERED="1")
-    if tiny:
+    if cpu_only:
         env.setdefault("TRITON_INTERPRET", "1")  # read when a kernel is decorated: before the child imports triton
         # tiny shapes gain nothing from threads, and spinning thread pools on a busy CPU cost several times the work
         env.setdefault("OMP_NUM_THREADS", "1")
-    env.update(extra)
     return env
 
 
@@ -176,9 +174,9 @@ def _last_json(text: str) -> dict | None:
     return None
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
     """End the part and everything it started (compile workers, tokenize workers, stage processes)."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -206,6 +204,12 @@ def run_step(step: Step, limit_s: float, log: Path, env: dict[str, str]) -> dict
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             rc, timed_out = proc.returncode, True
+        except BaseException:
+            # Ctrl-C or SIGTERM to the suite: the part runs in its own session, so nothing else would stop it
+            _kill_group(proc, grace_s=1.0)
+            raise
+        # a worker the part left behind would hold the GPU during the next part
+        _kill_group(proc, grace_s=0.0)
         seconds = time.perf_counter() - t0
     with open(log) as f:
         f.seek(offset)
@@ -254,7 +258,13 @@ def run_steps(steps: list[Step], out: Path, report: dict, budget_s: float, env: 
         limit = min(step.limit_s, left)
         parts[step.name] = {"status": "running", "started": _now(), "limit_s": round(limit, 1)}
         _write(out, report)  # if the whole suite is killed now, the file still says which part was running
-        record = run_step(step, limit, log, {**env, **step.env})
+        try:
+            record = run_step(step, limit, log, env)
+        except BaseException:
+            parts[step.name] = {"status": "interrupted", "started": parts[step.name]["started"],
+                                "limit_s": round(limit, 1)}
+            _write(out, report)
+            raise
         parts[step.name] = record
         _write(out, report)
         echo(f"[{i}/{len(steps)}] {step.name:<18} {record['status']:<9} {record['seconds']:>6.1f} s", flush=True)
@@ -383,8 +393,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C: the running part is ended and recorded as interrupted."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    stop_on_sigterm()
     if args.env:
         info = env_report()
         print(versions_line(info))
@@ -402,10 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         log.unlink(missing_ok=True)
     started = time.monotonic()
     env_step = Step("env", [sys.executable, str(Path(__file__).resolve()), "--env"], 60.0)
-    env_record = run_step(env_step, env_step.limit_s, log, child_env(False, {}))
+    env_record = run_step(env_step, env_step.limit_s, log, child_env(cpu_only=False))
     env = env_record.get("result") or {}
-    tiny = args.tiny or not env.get("cuda_available", False)
-    mode = "tiny" if tiny else "quick" if args.quick else "full"
+    cpu_only = not env.get("cuda_available", False)
+    mode = "tiny" if args.tiny or cpu_only else "quick" if args.quick else "full"
     if env_record["status"] != "ok":
         print(f"the env part failed ({env_record['status']}); see {log}:\n{env_record.get('output_tail', '')[-1500:]}")
     print(f"GPU suite, {mode}: {versions_line(env)}", flush=True)
@@ -422,7 +441,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not resuming {out.name}: it was made in another mode or on another machine")
     budget = args.budget or BUDGET_S[mode]
     report["budget_s"] = budget
-    run_steps(steps, out, report, budget - (time.monotonic() - started), child_env(tiny, {}))
+    try:
+        run_steps(steps, out, report, budget - (time.monotonic() - started), child_env(cpu_only))
+    except (KeyboardInterrupt, SystemExit) as stop:
+        print("\n" + render(report))
+        print(f"\ninterrupted: the parts finished so far are in {out}; `--resume` runs the rest")
+        return 130 if isinstance(stop, KeyboardInterrupt) else int(stop.code or 1)
     print("\n" + render(report))
     print(f"\nresults: {out}\nlog:     {log}")
     failed = [k for k, v in report["parts"].items() if v.get("status") != "ok"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,15 +81,27 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_a_crash_or_a_time_out_keeps_the_parts_done(tmp_path):
-    suite = _suite()
-    py = sys.executable
-    pid_file = tmp_path / "grandchild.pid"
-    hang = ("import subprocess, sys, time\n"
+def _hang(pid_file: Path) -> str:
+    """A part that starts a process of its own, prints a JSON line, then hangs."""
+    return ("import subprocess, sys, time\n"
             "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
             f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
             "print('{\"partial\": 1}', flush=True)\n"
             "time.sleep(60)\n")
+
+
+def _wait_gone(pid: int, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+def test_a_crash_or_a_time_out_keeps_the_parts_done(tmp_path):
+    suite = _suite()
+    py = sys.executable
+    pid_file = tmp_path / "grandchild.pid"
+    hang = _hang(pid_file)
     steps = [
         suite.Step("first", [py, "-c", "print('a table'); print('{\"x\": 1}')"], 30),
         suite.Step("crash", [py, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"], 30),
@@ -108,10 +121,7 @@ def test_a_crash_or_a_time_out_keeps_the_parts_done(tmp_path):
     assert parts["crash"]["returncode"] == 3 and "boom" in parts["crash"]["output_tail"]
     assert "partial" in parts["hang"]["output_tail"] and parts["hang"]["seconds"] < 20
     # the time-out ended the part's whole process group, not only its first process
-    deadline = time.monotonic() + 10
-    while _alive(int(pid_file.read_text())) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(int(pid_file.read_text()))
+    assert _wait_gone(int(pid_file.read_text()))
     assert "boom" in out.with_suffix(".log").read_text()
 
 
@@ -131,6 +141,26 @@ def test_parts_past_the_budget_are_skipped_and_a_running_part_is_on_file(tmp_pat
     assert parts["slow"]["status"] == "timeout" and parts["slow"]["limit_s"] < 4.0  # what was left of the budget
     assert parts["next"]["status"] == "skipped"
     assert "finished" in report
+
+
+def test_sigterm_to_the_suite_ends_the_running_part_and_records_it(tmp_path):
+    out, pid_file = tmp_path / "suite.json", tmp_path / "grandchild.pid"
+    runner = (
+        "import importlib.util, os, sys\n"
+        "from pathlib import Path\n"
+        f"spec = importlib.util.spec_from_file_location('gpu_suite', {str(ROOT / 'bench' / 'gpu_suite.py')!r})\n"
+        "suite = importlib.util.module_from_spec(spec); sys.modules['gpu_suite'] = suite; spec.loader.exec_module(suite)\n"
+        "suite.stop_on_sigterm()\n"
+        f"steps = [suite.Step('hang', [sys.executable, '-c', {_hang(pid_file)!r}], 60)]\n"
+        f"suite.run_steps(steps, Path({str(out)!r}), {{}}, 120, dict(os.environ))\n")
+    proc = subprocess.Popen([sys.executable, "-c", runner])
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert json.loads(out.read_text())["parts"]["hang"]["status"] == "interrupted"
+    assert _wait_gone(int(pid_file.read_text()))
 
 
 def test_render_shows_a_failed_part_and_the_sections_it_has(tmp_path):
