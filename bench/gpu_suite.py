@@ -2,14 +2,15 @@
 
 Parts, each a benchmark of this folder run in its own process with its own time limit:
 
-| part | what | script |
-|---|---|---|
-| `env` | card, driver, torch, CUDA, triton and transformers versions | this file, `--env` |
-| `attention_hd64`, `attention_hd128` | Triton Flash-Attention-2 vs SDPA (flash), bf16 causal, seq 1k/4k/8k: fwd and fwd+bwd TFLOP/s, ratio, numerics vs fp32 SDPA | `attention.py` |
-| `train_step` | a `124m` training step, bf16 + torch.compile: tokens/s and MFU, ours vs `transformers` Llama | `train_step.py` |
-| `train_step_triton` | the same step with `model.attention: triton` | `train_step.py` |
-| `decode` | greedy decoding tokens/s at batch 1 and 32, ours vs `transformers` `generate`, same exported weights | `decode.py` |
-| `pretrain_stage` | 50 steps of the real `pretrain` stage (`124m`): tokens/s and MFU from `metrics/pretrain.json` | `pretrain_stage.py` |
+- `env`: card, driver, torch, CUDA, triton and transformers versions (this file, `--env`);
+- `attention_hd64`, `attention_hd128` (`attention.py`): Triton Flash-Attention-2 vs SDPA (flash), bf16 causal,
+  seq 1k/4k/8k: fwd and fwd+bwd TFLOP/s, ratio, numerics vs fp32 SDPA;
+- `train_step` (`train_step.py`): a `124m` training step, bf16 + torch.compile: tokens/s and MFU, ours vs
+  `transformers` Llama; `train_step_triton`: the same step with `model.attention: triton`;
+- `decode` (`decode.py`): greedy decoding tokens/s at batch 1 and 32, ours vs `transformers` `generate`, same exported
+  weights;
+- `pretrain_stage` (`pretrain_stage.py`): 50 steps of the real `pretrain` stage (`124m`): tokens/s and MFU from
+  `metrics/pretrain.json`.
 
 The JSON file (`--out`) is rewritten atomically before and after every part, so whatever stops the suite (a crash, a
 part's time limit, the machine being taken back) leaves a valid file with every part finished so far; each part's
@@ -83,7 +84,8 @@ PARTS = (
     Part("train_step", "train_step.py", full=["--preset", "124m"], quick=["--preset", "124m", "--baseline", "none"],
          tiny=_TINY_TRAIN + ["--steps", "2", "--warmup", "1"], limit_s=240),
     Part("train_step_triton", "train_step.py", full=["--preset", "124m", "--attention", "triton", "--baseline", "none"],
-         quick=None, tiny=_TINY_TRAIN + ["--attention", "triton", "--baseline", "none", "--steps", "1", "--warmup", "0"],
+         quick=None,
+         tiny=_TINY_TRAIN + ["--attention", "triton", "--baseline", "none", "--steps", "1", "--warmup", "0"],
          limit_s=150),
     Part("decode", "decode.py", full=[], quick=["--new-tokens", "64", "--repeats", "1"],
          tiny=["--preset", "tiny", "--vocab", "512", "--prompt-len", "8", "--new-tokens", "8", "--repeats", "1"],
@@ -291,7 +293,8 @@ def _result(report: dict, name: str) -> dict | None:
 
 
 def _attention_lines(report: dict) -> list[str]:
-    rows = [r for name in ("attention_hd64", "attention_hd128") for r in (_result(report, name) or {}).get("results", [])]
+    rows = [r for name in ("attention_hd64", "attention_hd128")
+            for r in (_result(report, name) or {}).get("results", [])]
     if not rows:
         return []
     dtype = (_result(report, "attention_hd64") or _result(report, "attention_hd128") or {}).get("dtype", "?")
@@ -339,7 +342,8 @@ def _decode_lines(report: dict) -> list[str]:
              f"{d['new_tokens']} new tokens, greedy, eager",
              f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>11} {'ours/hf':>8} {'agree':>6}  ours path"]
     for r in d.get("results", []):
-        lines.append(f"{r['batch']:>5} {_f(r.get('ours_tokens_per_sec'), '11.1f')} {_f(r.get('hf_tokens_per_sec'), '11.1f')} "
+        lines.append(f"{r['batch']:>5} {_f(r.get('ours_tokens_per_sec'), '11.1f')} "
+                     f"{_f(r.get('hf_tokens_per_sec'), '11.1f')} "
                      f"{_f(r.get('ratio'), '8.2f')} {_f(r.get('tokens_agree'), '6.2f')}  {r.get('ours_path')}")
     return lines
 
@@ -349,8 +353,8 @@ def _pretrain_lines(report: dict) -> list[str]:
     if not p:
         return []
     stages = ", ".join(f"{k} {v:.1f}" for k, v in (p.get("stage_seconds") or {}).items())
-    return [f"Pretrain stage: {p['preset']}, {p['steps']} steps of {p['batch_size']} x {p['seq_len']}, {p['optimizer']}; "
-            f"seconds per stage: {stages}",
+    return [f"Pretrain stage: {p['preset']}, {p['steps']} steps of {p['batch_size']} x {p['seq_len']}, "
+            f"{p['optimizer']}; seconds per stage: {stages}",
             f"{'':<12} {'tokens/s':>11} {'MFU':>6}",
             f"{'whole run':<12} {_f(p.get('tokens_per_sec'), '11.0f')} {_f(p.get('mfu'), '6.1%')}   "
             "(metrics/pretrain.json: compile, validation and checkpoint included)",
@@ -383,8 +387,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the ~3-minute subset")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes even on a GPU (forced without CUDA)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON file (default {DEFAULT_OUT.relative_to(ROOT)}); "
-                                                                  "the log goes beside it (.log)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                    help=f"JSON file (default {DEFAULT_OUT.relative_to(ROOT)}); the log goes beside it (.log)")
     ap.add_argument("--budget", type=float, help="seconds for the whole run (default 480, --quick 180)")
     ap.add_argument("--only", nargs="+", choices=[p.name for p in PARTS], help="run these parts only")
     ap.add_argument("--resume", action="store_true", help="keep the parts --out already holds as ok, run the rest")

@@ -149,7 +149,9 @@ def test_sigterm_to_the_suite_ends_the_running_part_and_records_it(tmp_path):
         "import importlib.util, os, sys\n"
         "from pathlib import Path\n"
         f"spec = importlib.util.spec_from_file_location('gpu_suite', {str(ROOT / 'bench' / 'gpu_suite.py')!r})\n"
-        "suite = importlib.util.module_from_spec(spec); sys.modules['gpu_suite'] = suite; spec.loader.exec_module(suite)\n"
+        "suite = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['gpu_suite'] = suite\n"
+        "spec.loader.exec_module(suite)\n"
         "suite.stop_on_sigterm()\n"
         f"steps = [suite.Step('hang', [sys.executable, '-c', {_hang(pid_file)!r}], 60)]\n"
         f"suite.run_steps(steps, Path({str(out)!r}), {{}}, 120, dict(os.environ))\n")
