@@ -60,6 +60,7 @@ class Part:
     quick: list[str] | None
     tiny: list[str] | None
     limit_s: float  # on a GPU, compilation included
+    quick_limit_s: float | None = None  # tighter under --quick, so one slow part cannot eat the 3 minutes
 
 
 @dataclass
@@ -76,10 +77,10 @@ _TINY_TRAIN = ["--preset", "tiny", "--vocab", "512", "--batch-size", "2", "--seq
 PARTS = (
     Part("attention_hd64", "attention.py", full=["--seq", "1024", "4096", "8192", "--head-dims", "64"],
          quick=["--seq", "1024", "4096", "8192", "--head-dims", "64"],
-         tiny=["--tiny", "--seq", "32", "--head-dims", "64"], limit_s=120),
+         tiny=["--tiny", "--seq", "32", "--head-dims", "64"], limit_s=120, quick_limit_s=60),
     Part("attention_hd128", "attention.py", full=["--seq", "1024", "4096", "8192", "--head-dims", "128"],
          quick=["--seq", "1024", "4096", "8192", "--head-dims", "128"],
-         tiny=["--tiny", "--seq", "32", "--head-dims", "128"], limit_s=120),
+         tiny=["--tiny", "--seq", "32", "--head-dims", "128"], limit_s=120, quick_limit_s=60),
     # two compilations (ours, then Hugging Face's model) of ~1 min each dominate this part
     Part("train_step", "train_step.py", full=["--preset", "124m"], quick=["--preset", "124m", "--baseline", "none"],
          tiny=_TINY_TRAIN + ["--steps", "2", "--warmup", "1"], limit_s=240),
@@ -89,7 +90,7 @@ PARTS = (
          limit_s=150),
     Part("decode", "decode.py", full=[], quick=["--new-tokens", "64", "--repeats", "1"],
          tiny=["--preset", "tiny", "--vocab", "512", "--prompt-len", "8", "--new-tokens", "8", "--repeats", "1"],
-         limit_s=120),
+         limit_s=120, quick_limit_s=60),
     Part("pretrain_stage", "pretrain_stage.py", full=["--steps", "50"], quick=None, tiny=["--tiny", "--steps", "10"],
          limit_s=240),
 )
@@ -146,7 +147,7 @@ def plan(mode: str, only: list[str] | None = None) -> list[Step]:
         args = getattr(part, mode)
         if args is None or (only and part.name not in only):
             continue
-        limit = TINY_LIMIT_S if mode == "tiny" else part.limit_s
+        limit = {"tiny": TINY_LIMIT_S, "quick": part.quick_limit_s or part.limit_s}.get(mode, part.limit_s)
         steps.append(Step(part.name, [sys.executable, str(BENCH / part.script), *args], limit))
     return steps
 

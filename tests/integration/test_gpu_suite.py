@@ -165,6 +165,18 @@ def test_sigterm_to_the_suite_ends_the_running_part_and_records_it(tmp_path):
     assert _wait_gone(int(pid_file.read_text()))
 
 
+def test_quick_is_a_subset_of_the_full_suite_with_tighter_limits():
+    suite = _suite()
+    full = {s.name: s for s in suite.plan("full")}
+    quick = {s.name: s for s in suite.plan("quick")}
+    assert list(full) == PARTS[1:] and list(quick) == ["attention_hd64", "attention_hd128", "train_step", "decode"]
+    assert all(quick[k].limit_s <= full[k].limit_s for k in quick)
+    assert suite.BUDGET_S["full"] == 8 * 60 and suite.BUDGET_S["quick"] == 3 * 60
+    assert [s.name for s in suite.plan("full", only=["decode"])] == ["decode"]
+    # every command names a benchmark of bench/ that exists
+    assert all(Path(s.argv[1]).is_file() for mode in ("full", "quick", "tiny") for s in suite.plan(mode))
+
+
 def test_render_shows_a_failed_part_and_the_sections_it_has(tmp_path):
     suite = _suite()
     report = {"mode": "full", "started": "t", "versions": "NVIDIA H200 | torch 2.x", "parts": {
