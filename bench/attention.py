@@ -51,7 +51,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--head-dims", type=int, nargs="+", help="head dims (default 64 128)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on CUDA, fp32 with --tiny")
     parser.add_argument("--tiny", action="store_true", help="seq 64/128, head_dim 32/64, fp32 (forced without CUDA)")
-    parser.add_argument("--batch", type=int, help="sequences per config (default ~16k tokens / seq; 1 with --tiny)")
     parser.add_argument("--no-causal", dest="causal", action="store_false", help="full instead of causal attention")
     args = parser.parse_args(argv)
     args.tiny = args.tiny or not HAS_CUDA
@@ -61,11 +60,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _shape(seq: int, head_dim: int, tiny: bool, batch: int | None) -> tuple[int, int]:
+def _shape(seq: int, head_dim: int, tiny: bool) -> tuple[int, int]:
     """(batch, heads) for one config."""
     if tiny:
-        return batch or 1, 2
-    return batch or max(1, TOKENS_PER_CONFIG // seq), MODEL_WIDTH // head_dim
+        return 1, 2
+    return max(1, TOKENS_PER_CONFIG // seq), MODEL_WIDTH // head_dim
 
 
 def _flops(batch: int, heads: int, seq: int, head_dim: int, causal: bool) -> tuple[float, float]:
@@ -131,9 +130,8 @@ def _numerics(q, k, v, do, causal: bool) -> dict:
     return errs
 
 
-def _run_config(seq: int, head_dim: int, dtype: torch.dtype, causal: bool, tiny: bool,
-                batch: int | None = None) -> dict:
-    batch, heads = _shape(seq, head_dim, tiny, batch)
+def _run_config(seq: int, head_dim: int, dtype: torch.dtype, causal: bool, tiny: bool) -> dict:
+    batch, heads = _shape(seq, head_dim, tiny)
     device = "cuda" if HAS_CUDA else "cpu"
     gen = torch.Generator(device=device).manual_seed(0)
     q, k, v, do = (
@@ -191,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = []
     for head_dim in args.head_dims:
         for seq in args.seq:
-            r = _run_config(seq, head_dim, dtype, args.causal, args.tiny, args.batch)
+            r = _run_config(seq, head_dim, dtype, args.causal, args.tiny)
             results.append(r)
             err_ours = max(r["err_out_ours"], r["err_grad_ours"])
             err_sdpa = max(r["err_out_sdpa"], r["err_grad_sdpa"])
