@@ -207,3 +207,21 @@ def test_epoch_count_is_announced_and_many_epochs_warn(tmp_path, capsys):
     assert "1.29 epochs of the training split (62 rows of 32)" in out and "warning" not in out  # 20 x 4 / 62
     train(tiny_model_config(), cfg(steps=70, eval_every=100), ParallelConfig(), small)
     assert "warning: the run repeats its training data 4.5 times" in capsys.readouterr().out
+
+
+def test_an_overfitting_run_still_ends_on_its_best_model(tmp_path):
+    """Small text, many epochs: validation bits per byte fall, then rise as the model memorises its training split.
+    The stage's model is the best one, so its held-out bpb is the best the run reached."""
+    import csv
+
+    gen = np.random.default_rng(1)
+    words = gen.integers(1, 200, size=(2, 1_500)).astype(np.uint16)  # unrelated "text" for train and val
+    small = Job(StreamRows([words[0]], 32), StreamRows([words[1]], 32), tmp_path / "run", tmp_path / "live",
+                token_bytes=np.full(512, 4, dtype=np.int64), data_fingerprint="small", desc="pretrain")
+    res = train(tiny_model_config(), cfg(steps=150, lr=1e-2, eval_every=10, warmup_steps=5, schedule="constant",
+                                         checkpoint_every=1000), ParallelConfig(), small)
+    rows = list(csv.DictReader(open(tmp_path / "live/plots/metrics/val/bpb.tsv"), delimiter="\t"))
+    curve = {int(r["step"]): float(r["bpb"]) for r in rows}
+    assert curve[150] > min(curve.values()) + 0.02  # it did overfit: the last model is worse than the best
+    assert res["final"] == "best" and res["val_bpb"] == pytest.approx(curve[res["best_step"]], rel=1e-6)
+    assert res["val_bpb"] <= min(curve.values()) + 0.02
