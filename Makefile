@@ -6,7 +6,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # stage commands call `python`: put the project's interpreter first
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: repro test install bench clean-venv chat serve
+.PHONY: repro test install bench clean-venv plots-template exps chat serve
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ repro: install
 
 test: install
 	$(RUN) $(BIN)/python -m pytest -q
+
+# rewrite .dvc/offline_plots.html (dvc plots pages with Vega inlined: they render offline)
+plots-template: install
+	$(BIN)/python tools/offline_plots_template.py
+
+# experiments side by side on the figures people compare (params and metrics that differ between them)
+exps: install
+	$(RUN) $(BIN)/dvc exp show --only-changed --drop 'Created|State|Executor|dvclive.*|.*tokens_per_sec|mfu' $(EXPS_ARGS)
 
 # talk to the trained model (after `make repro`): ARGS="--model models/pretrain", ARGS="--port 8080", ...
 chat: install

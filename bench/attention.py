@@ -4,10 +4,15 @@ On CUDA: causal attention in bf16 at seq 1k-8k and head_dim 64/128, batch chosen
 config holds ~16k tokens (heads x head_dim = 2048, a ~1B model's width); SDPA is pinned to its
 FlashAttention backend. Reports forward and forward+backward TFLOP/s and ours/SDPA ratios.
 
+Each config also checks numerics against an fp32 reference (SDPA's math backend on fp32 copies of the
+inputs, on the first sequence and up to 4 heads): the max error of our output and of our gradients next
+to the error of SDPA at the benchmark's precision. The kernel passes (`numerics_ok`) when its errors are
+at most twice SDPA's plus 1e-5, the rule of flash-attention's own tests.
+
 Without CUDA it runs a tiny fp32 config through Triton's interpreter so the command is proven
 end to end; those timings say nothing about GPU speed.
 
-The last line of output is a JSON object (per-config results, `ratio_fwd`, `ratio_fwd_bwd`).
+The last line of output is a JSON object (per-config results, `ratio_fwd`, `ratio_fwd_bwd`, `numerics_ok`).
 Record GPU numbers in bench/RESULTS.md with date and hardware.
 
     python bench/attention.py                      # full sweep on a GPU, tiny on CPU
@@ -17,6 +22,7 @@ Record GPU numbers in bench/RESULTS.md with date and hardware.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,6 +41,8 @@ from llm_core.model.attention import attention  # noqa: E402
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TOKENS_PER_CONFIG = 16384
 MODEL_WIDTH = 2048
+NUMERICS_HEADS = 4  # the fp32 reference materialises heads x seq^2 scores: a slice keeps 8k affordable
+NUMERICS_FLOOR = 1e-5  # below this both errors are fp32 rounding noise, where "2x SDPA's" means nothing
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -83,6 +91,45 @@ def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
 
+def _sdpa_context(dtype: torch.dtype):
+    """SDPA pinned to its FlashAttention backend on CUDA (what we race), PyTorch's choice elsewhere."""
+    if HAS_CUDA and dtype != torch.float32:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.FLASH_ATTENTION)
+    return contextlib.nullcontext()
+
+
+def _numerics(q, k, v, do, causal: bool) -> dict:
+    """Max errors of ours and of SDPA (both at q's dtype) against fp32 SDPA, forward and gradients."""
+    sl = (slice(0, 1), slice(0, NUMERICS_HEADS))
+    q, k, v, do = (t[sl].detach() for t in (q, k, v, do))
+
+    def run(backend, inputs, grad_out, ctx):
+        inputs = [t.clone().requires_grad_(True) for t in inputs]
+        with ctx:
+            out = attention(*inputs, causal=causal, backend=backend)
+            grads = torch.autograd.grad(out, inputs, grad_out)
+        return [out.float(), *(g.float() for g in grads)]
+
+    if HAS_CUDA:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        ref_ctx = sdpa_kernel(SDPBackend.MATH)
+    else:
+        ref_ctx = contextlib.nullcontext()
+    ref = run("sdpa", [t.float() for t in (q, k, v)], do.float(), ref_ctx)
+    errs = {}
+    for name, backend, ctx in (("ours", "triton", contextlib.nullcontext()), ("sdpa", "sdpa", _sdpa_context(q.dtype))):
+        got = run(backend, (q, k, v), do, ctx)
+        diffs = [(a - b).abs().max().item() for a, b in zip(got, ref)]
+        errs[f"err_out_{name}"] = _sig(diffs[0])
+        errs[f"err_grad_{name}"] = _sig(max(diffs[1:]))
+    errs["numerics_ok"] = all(errs[f"err_{kind}_ours"] <= 2 * errs[f"err_{kind}_sdpa"] + NUMERICS_FLOOR
+                              for kind in ("out", "grad"))
+    return errs
+
+
 def _run_config(seq: int, head_dim: int, dtype: torch.dtype, causal: bool, tiny: bool) -> dict:
     batch, heads = _shape(seq, head_dim, tiny)
     device = "cuda" if HAS_CUDA else "cpu"
@@ -105,16 +152,10 @@ def _run_config(seq: int, head_dim: int, dtype: torch.dtype, causal: bool, tiny:
         return step
 
     def timed(make, backend):
-        if HAS_CUDA and backend == "sdpa":
-            from torch.nn.attention import SDPBackend, sdpa_kernel
+        with _sdpa_context(dtype) if backend == "sdpa" else contextlib.nullcontext():
+            return _time_ms(make(backend), tiny)
 
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                return _time_ms(make(backend), tiny)
-        return _time_ms(make(backend), tiny)
-
-    with torch.no_grad():
-        max_diff = (attention(q, k, v, causal=causal, backend="triton").float()
-                    - attention(q, k, v, causal=causal, backend="sdpa").float()).abs().max().item()
+    numerics = _numerics(q, k, v, do, causal)
     flops_fwd, flops_fwd_bwd = _flops(batch, heads, seq, head_dim, causal)
     ms = {
         "ours_fwd": timed(fwd, "triton"),
@@ -132,7 +173,7 @@ def _run_config(seq: int, head_dim: int, dtype: torch.dtype, causal: bool, tiny:
         **{f"{name}_tflops": _sig(t) for name, t in tflops.items()},
         "ratio_fwd": _sig(tflops["ours_fwd"] / tflops["sdpa_fwd"]),
         "ratio_fwd_bwd": _sig(tflops["ours_fwd_bwd"] / tflops["sdpa_fwd_bwd"]),
-        "max_abs_diff_vs_sdpa": max_diff,
+        **numerics,
     }
 
 
@@ -143,18 +184,20 @@ def main(argv: list[str] | None = None) -> dict:
     mode = "triton interpreter, timings not meaningful" if not HAS_CUDA else "cuda"
     print(f"attention benchmark on {device_name} [{mode}], dtype={args.dtype}, causal={args.causal}")
     header = (f"{'seq':>6} {'hdim':>5} {'batch':>5} {'heads':>5} | {'ours fwd':>9} {'sdpa fwd':>9} {'ratio':>6} | "
-              f"{'ours f+b':>9} {'sdpa f+b':>9} {'ratio':>6} | {'max diff':>8}")
+              f"{'ours f+b':>9} {'sdpa f+b':>9} {'ratio':>6} | {'err ours':>8} {'err sdpa':>8} {'ok':>3}")
     print(header + "\n" + "-" * len(header))
     results = []
     for head_dim in args.head_dims:
         for seq in args.seq:
             r = _run_config(seq, head_dim, dtype, args.causal, args.tiny)
             results.append(r)
+            err_ours = max(r["err_out_ours"], r["err_grad_ours"])
+            err_sdpa = max(r["err_out_sdpa"], r["err_grad_sdpa"])
             print(f"{seq:>6} {head_dim:>5} {r['batch']:>5} {r['heads']:>5} | "
                   f"{r['ours_fwd_tflops']:>9.3g} {r['sdpa_fwd_tflops']:>9.3g} {r['ratio_fwd']:>6.2f} | "
                   f"{r['ours_fwd_bwd_tflops']:>9.3g} {r['sdpa_fwd_bwd_tflops']:>9.3g} {r['ratio_fwd_bwd']:>6.2f} | "
-                  f"{r['max_abs_diff_vs_sdpa']:>8.1e}", flush=True)
-    print("(TFLOP/s; ratio = ours / sdpa)")
+                  f"{err_ours:>8.1e} {err_sdpa:>8.1e} {'yes' if r['numerics_ok'] else 'NO':>3}", flush=True)
+    print("(TFLOP/s; ratio = ours / sdpa; err = max |error| of output and gradients vs fp32 SDPA)")
     summary = {
         "benchmark": "attention",
         "device": device_name,
@@ -162,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         "dtype": args.dtype,
         "causal": args.causal,
         "torch": torch.__version__,
+        "numerics_ok": all(r["numerics_ok"] for r in results),
         "results": results,
     }
     print(json.dumps(summary))

@@ -20,10 +20,14 @@ USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError)
 
 
 def _raised_by_us(err: BaseException) -> bool:
-    """True when the innermost frame of the traceback is in llm_core/ or stages/ (a deliberate raise), not in a
-    library that failed on its own (a bug of ours reaching into torch shows the full traceback)."""
+    """True when the error comes from a `raise` statement in llm_core/ or stages/: a deliberate report of a user
+    mistake. An error raised inside a library, or by a failing expression of ours, is a bug: it keeps its traceback."""
     frames = traceback.extract_tb(err.__traceback__)
-    return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(_OURS)
+    if not frames:
+        return False
+    last = frames[-1]
+    return (str(Path(last.filename).resolve()).startswith(_OURS)
+            and (last.line or "").lstrip().startswith("raise"))
 
 
 def format_error(stage: str, message: str) -> str:

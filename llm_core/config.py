@@ -40,11 +40,12 @@ class _Section:
     _path = ""
 
     def __getattribute__(self, name: str):
-        if _read_keys is not None and not name.startswith("_"):
+        value = object.__getattribute__(self, name)
+        if _read_keys is not None and not name.startswith("_") and not isinstance(value, _Section):
             path = object.__getattribute__(self, "_path")
             if path and name in object.__getattribute__(self, "__dataclass_fields__"):
-                _read_keys.add(f"{path}.{name}")
-        return object.__getattribute__(self, name)
+                _read_keys.add(f"{path}.{name}")  # a key, not a sub-section: those record their own keys
+        return value
 
 
 @dataclass
@@ -342,11 +343,17 @@ class EvalConfig(_Section):
     model: str = "pretrain"  # which checkpoint to score: pretrain | sft
     max_items: int = 0  # score at most this many items (0 = all)
     batch_size: int = 32  # items per forward pass
+    chat_items: int = 200  # held-out chat questions scored by eval_chat
+    hellaswag_every: int = 0  # pretraining: score a HellaSwag subset every this many steps (0 = off)
+    hellaswag_items: int = 100  # size of that subset
 
     def validate(self) -> None:
         _choice("eval.model", self.model, ("pretrain", "sft"))
         _at_least("eval.max_items", self.max_items, 0)
         _at_least("eval.batch_size", self.batch_size, 1)
+        _at_least("eval.chat_items", self.chat_items, 1)
+        _at_least("eval.hellaswag_every", self.hellaswag_every, 0)
+        _at_least("eval.hellaswag_items", self.hellaswag_items, 1)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Stage pretrain: train the Transformer on the token shards -> models/pretrain + metrics/pretrain.json."""
 
 import argparse
+import sys
 from pathlib import Path
 
 from llm_core import cli, distributed
@@ -8,29 +9,41 @@ from llm_core.config import load_params
 from llm_core.data import loader, shards, sources
 from llm_core.data.tokenizer import Tokenizer
 from llm_core.files import write_metrics
+from llm_core.training import plan
 from llm_core.training.loop import Job, compared, train
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--tokens", required=True, help="pretraining token shards, e.g. data/tokens/pretrain")
-    ap.add_argument("--tokenizer", required=True)
-    ap.add_argument("--raw", required=True, help="downloaded corpus (its info.json may know the entropy floor)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--live", required=True, help="dvclive folder for the curves")
-    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--tokens", default="data/tokens/pretrain", help="pretraining token shards")
+    ap.add_argument("--tokenizer", default="models/tokenizer")
+    ap.add_argument("--raw", default="data/raw/pretrain", help="the corpus (its info.json may know the entropy floor)")
+    ap.add_argument("--out", default="models/pretrain")
+    ap.add_argument("--live", default="dvclive/pretrain", help="dvclive folder for the curves")
+    ap.add_argument("--metrics", default="metrics/pretrain.json")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan, memory and time estimates; write nothing")
+    ap.add_argument("--hellaswag", help="HellaSwag items scored during training (eval.hellaswag_every)")
     args = ap.parse_args()
     params = load_params()
-    distributed.relaunch_if_needed(params.parallel, "stages.pretrain")
+    if not plan.requested(args.dry_run):
+        distributed.relaunch_if_needed(params.parallel, "stages.pretrain")
 
     tok = Tokenizer.from_dir(args.tokenizer)
     manifest = shards.load_manifest(args.tokens, tok)
     cfg = params.pretrain
     train_rows = loader.pretrain_rows(args.tokens, "train", cfg.seq_len, manifest)
     val_rows = loader.pretrain_rows(args.tokens, "val", cfg.seq_len, manifest)
+    every = params.eval.hellaswag_every if args.hellaswag else 0
+    items = (list(sources.read_dataset(args.hellaswag, "val", "download_hellaswag"))[:params.eval.hellaswag_items]
+             if every else None)
     job = Job(train_rows, val_rows, Path(args.out), Path(args.live), token_bytes=tok.token_bytes(),
-              data_fingerprint=shards.data_fingerprint(manifest), desc="pretrain")
-    result = train(params.model.resolved(tok.vocab_size), cfg, params.parallel, job)
+              data_fingerprint=shards.data_fingerprint(manifest), desc="pretrain", hellaswag=items,
+              hellaswag_every=every, tokenizer=tok)
+    model_cfg = params.model.resolved(tok.vocab_size)
+    if plan.requested(args.dry_run):
+        print(plan.report(model_cfg, cfg, params.parallel, job, "pretrain"))
+        sys.exit(plan.EXIT_STATUS)
+    result = train(model_cfg, cfg, params.parallel, job)
 
     if distributed.is_main_process():
         metrics = compared(result)

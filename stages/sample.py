@@ -3,6 +3,7 @@ metrics/samples.json (the params prompts' outputs, tokens/s) and a .jsonl with o
 
 import argparse
 import json
+from pathlib import Path
 
 from llm_core import cli
 from llm_core.config import load_params
@@ -17,8 +18,9 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--outputs", required=True, help="the .jsonl of every prompt's output")
+    ap.add_argument("--outputs", default=None, help="the .jsonl of every prompt's output (default: beside --out)")
     args = ap.parse_args()
+    outputs = args.outputs or str(Path(args.out).with_suffix(".jsonl"))
     params = load_params()
     cfg = params.sample
     prompts = [Prompt("plain", p) for p in cfg.prompts]
@@ -34,7 +36,7 @@ def main() -> None:
         print(f"[{r['kind']}] {shown!r} -> {r['output']!r} ({r['finish_reason']})")
     samples = [dict(r, prompt=r["prompt"] if r["kind"] == "plain" else r["prompt"][-1]["content"])
                for r in records[:from_params]]
-    write_bytes(args.outputs, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+    write_bytes(outputs, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
     write_json(args.out, {"tokens_per_sec": stats["tokens_per_sec"], "num_samples": len(records),
                           "samples": samples})
 

@@ -1,6 +1,7 @@
 """Stage sft: fine-tune the pretrained model on chats, loss on assistant tokens only -> models/sft."""
 
 import argparse
+import sys
 from pathlib import Path
 
 from llm_core import cli, distributed
@@ -9,20 +10,23 @@ from llm_core.data import loader, shards
 from llm_core.data.tokenizer import Tokenizer
 from llm_core.files import write_metrics
 from llm_core.model.io import read_config
+from llm_core.training import plan
 from llm_core.training.loop import Job, compared, train
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--tokens", required=True, help="SFT token arrays, e.g. data/tokens/sft")
-    ap.add_argument("--tokenizer", required=True)
-    ap.add_argument("--init", required=True, help="the pretrained model folder")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--live", required=True)
-    ap.add_argument("--metrics", required=True)
+    ap.add_argument("--tokens", default="data/tokens/sft", help="SFT token arrays")
+    ap.add_argument("--tokenizer", default="models/tokenizer")
+    ap.add_argument("--init", default="models/pretrain", help="the pretrained model folder")
+    ap.add_argument("--out", default="models/sft")
+    ap.add_argument("--live", default="dvclive/sft")
+    ap.add_argument("--metrics", default="metrics/sft.json")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan, memory and time estimates; write nothing")
     args = ap.parse_args()
     params = load_params()
-    distributed.relaunch_if_needed(params.parallel, "stages.sft")
+    if not plan.requested(args.dry_run):
+        distributed.relaunch_if_needed(params.parallel, "stages.sft")
 
     tok = Tokenizer.from_dir(args.tokenizer)
     manifest = shards.load_manifest(args.tokens, tok)
@@ -33,6 +37,9 @@ def main() -> None:
     model_cfg = read_config(args.init, attention=params.model.attention)
     job = Job(train_rows, val_rows, Path(args.out), Path(args.live), token_bytes=tok.token_bytes(),
               init_from=Path(args.init), data_fingerprint=shards.data_fingerprint(manifest), desc="sft")
+    if plan.requested(args.dry_run):
+        print(plan.report(model_cfg, cfg, params.parallel, job, "sft"))
+        sys.exit(plan.EXIT_STATUS)
     result = train(model_cfg, cfg, params.parallel, job)
     if distributed.is_main_process():
         metrics = compared(result)

@@ -463,6 +463,53 @@ def generate_chats(seed: int, num_convs: int) -> list[list[dict]]:
     return convs
 
 
+# Entity slots of the answers and the words each can take: a reply names the right value and no other one.
+_SLOT_VALUES = {"Name": NAMES, "friend": NAMES, "color": COLORS, "object": OBJECTS, "animal": ANIMALS, "pet": PET_NAMES,
+                "place": PLACES}
+
+
+def _graded(kind: str, messages: list[dict], answer: str, fields: dict) -> dict:
+    """An eval item: the words the reply must contain (the answer's entities) and the ones that contradict it (every
+    other value those entities could take)."""
+    slots = [name for name in _SLOT_VALUES if "{" + name + "}" in answer]
+    required = sorted({fields[name] for name in slots})
+    wrong = sorted({v for name in slots for v in _SLOT_VALUES[name]} - set(required))
+    return {"kind": kind, "messages": messages, "reference": answer.format(**fields), "required": required,
+            "wrong": wrong}
+
+
+def generate_chat_eval(seed: int, num_items: int) -> list[dict]:
+    """Held-out questions of the kinds the SFT chats teach: one question on a new story (each kind of `_QUESTIONS`
+    in turn), or a fact stated then asked back. Use a seed the SFT data does not use."""
+    _check_count("num_items", num_items)
+    rng = random.Random(f"chat-eval:{seed}")
+    items: list[dict] = []
+    kinds = list(_QUESTIONS) + ["stated_pet", "stated_color"]
+    while len(items) < num_items:
+        kind = kinds[len(items) % len(kinds)]
+        if kind == "stated_pet":
+            f = {"animal": rng.choice(ANIMALS), "pet": rng.choice(PET_NAMES)}
+            question = "My {animal} is called {pet}. What is my {animal} called?".format(**f)
+            items.append(_graded(kind, [{"role": "user", "content": question}], "Your {animal} is called {pet}.", f))
+            continue
+        if kind == "stated_color":
+            colors, objects = rng.sample(COLORS, 2), rng.sample(OBJECTS, 2)
+            i = rng.randrange(2)
+            stated = " and ".join(f"{_article(c)} {c} {o}" for c, o in zip(colors, objects))
+            question = f"I have {stated}. What color is my {objects[i]}?"
+            items.append(_graded(kind, [{"role": "user", "content": question}], "Your {object} is {color}.",
+                                 {"object": objects[i], "color": colors[i]}))
+            continue
+        needs, question, answer = _QUESTIONS[kind]
+        story = _sample_story(rng)
+        if not all(n in story.state for n in needs):
+            continue
+        fields = _fields(story.state)
+        content = rng.choice(_STORY_PROMPTS).format(story=story.text, question=question.format(**fields))
+        items.append(_graded(kind, [{"role": "user", "content": content}], answer, fields))
+    return items
+
+
 # ------------------------------------------------------------------------------------------------------ hellaswag
 
 _FACT_LABELS = {"Name": "hero", "color": "object color", "object": "object", "animal": "pet animal", "pet": "pet name",

@@ -64,8 +64,8 @@ def load(model_dir: str | Path, tokenizer_dir: str | Path | None = None, device:
     """Load a model folder and its tokenizer; a missing one says which stage makes it."""
     model_dir = Path(model_dir)
     if not (model_dir / WEIGHTS).exists():
-        raise FileNotFoundError(f"no trained model in {model_dir}; run `dvc repro {_stage_of(model_dir)}` "
-                                "(or `make repro`) first, or pass --model FOLDER")
+        raise FileNotFoundError(f"no model in {model_dir}; run `dvc repro {_stage_of(model_dir)}` "
+                                "(or `make repro`) first")
     tok_dir = Path(tokenizer_dir) if tokenizer_dir else tokenizer_dir_for(model_dir)
     if not tok_dir.is_dir():
         raise FileNotFoundError(f"no tokenizer in {tok_dir}; run `dvc repro train_tokenizer` first, "

@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
 import torch
 
@@ -54,7 +55,7 @@ def load_model(directory: str | Path, attention: str | None = None) -> Transform
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(directory / WEIGHTS), strict=False,
                                                            device="cpu")
-    except (RuntimeError, OSError) as e:
+    except (RuntimeError, OSError, safetensors.SafetensorError) as e:
         raise ValueError(f"{directory}/{WEIGHTS} cannot be read as weights for its {CONFIG} ({e}); "
                          "retrain the model") from None
     # a tied head has no tensor of its own in the file

@@ -26,6 +26,7 @@ from llm_core import distributed
 from llm_core.config import ModelConfig, ParallelConfig, TrainConfig, fingerprint
 from llm_core.data.loader import IGNORE, Loader, Rows
 from llm_core.errors import UserError
+from llm_core.evaluation import hellaswag
 from llm_core.evaluation.metrics import TokenMetrics, loss_fn
 from llm_core.files import write_json
 from llm_core.model.io import load_model, weights_hash, write_weights
@@ -59,6 +60,9 @@ class Job:
     init_from: Path | None = None  # start from these weights (SFT starts from the pretrained model)
     data_fingerprint: str = ""
     desc: str = "train"
+    hellaswag: list[dict] | None = None  # items scored during training (a curve), with `tokenizer`
+    hellaswag_every: int = 0
+    tokenizer: object = None
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -70,7 +74,8 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
 
 
 class Trainer:
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, parallel: ParallelConfig, job: Job):
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, parallel: ParallelConfig, job: Job,
+                 quiet: bool = False):
         self.model_cfg, self.cfg, self.job = model_cfg, cfg, job
         self.ctx = ctx = distributed.setup(parallel.backend)
         if cfg.threads != "auto":
@@ -86,8 +91,9 @@ class Trainer:
         self.best_dir = job.out_dir / "best"
         # what decides the trajectory: a checkpoint of another config / data / start / rank count is never continued
         init_hash = weights_hash(job.init_from) if job.init_from is not None else ""
-        self.run_id = fingerprint(model_cfg, {k: v for k, v in asdict(cfg).items() if k not in ("threads", "peak_flops")},
-                                  job.data_fingerprint, init_hash, self.mode, ctx.world, self.accum)
+        trajectory = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "peak_flops")}
+        self.run_id = fingerprint(model_cfg, trajectory, job.data_fingerprint, init_hash, self.mode, ctx.world,
+                                  self.accum)
         self.train_loader = Loader(job.train_rows, cfg.batch_size, ctx.rank, ctx.world, seed=cfg.seed)
 
         # every rank starts from the same weights: the same seed, then (SFT) the same file
@@ -129,9 +135,9 @@ class Trainer:
         self.meter = Throughput(model_cfg.flops_per_token(cfg.seq_len), self.peak, ctx.world)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.final = cfg.final if self.val_loader is not None else "last"
-        if ctx.is_main:
+        if ctx.is_main and not quiet:
             self._announce(saved is not None)
-        self.tracker = Tracker(job.live_dir, ctx.is_main, resume=self.start_step > 0, total=cfg.steps,
+        self.tracker = Tracker(job.live_dir, ctx.is_main and not quiet, resume=self.start_step > 0, total=cfg.steps,
                                start=self.start_step, desc=job.desc)
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -249,6 +255,13 @@ class Trainer:
         self.step_model.train()
         return {f"val/{k}": v for k, v in metrics.result().items()}
 
+    def evaluate_hellaswag(self) -> dict:
+        """The HellaSwag subset's three accuracies. Every rank scores all of it (the same forwards on every rank,
+        so FSDP's collectives line up); it is small."""
+        with torch.no_grad(), self.autocast:
+            res = hellaswag.score_items(self.model, self.job.hellaswag, self.job.tokenizer)
+        return {f"val/hellaswag_{k}": v for k, v in res.items() if k != "num_items"}
+
     def update_best(self, val: dict) -> None:
         """Keep the weights of the best validation loss so far in best/ (written atomically, rank 0)."""
         if "val/loss" not in val:
@@ -298,6 +311,9 @@ class Trainer:
                 last_val = self.evaluate()
                 metrics.update(last_val)
                 self.update_best(last_val)
+            if self.job.hellaswag and self.job.hellaswag_every and (step % self.job.hellaswag_every == 0
+                                                                     or step == cfg.steps):
+                metrics.update(self.evaluate_hellaswag())
             self.tracker.log(step, metrics)
             self.tracker.progress(1, loss=last_train_loss, lr=metrics["train/lr"])
             patience = cfg.early_stop_patience

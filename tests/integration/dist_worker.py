@@ -1,7 +1,7 @@
 """One training run per (mode, optimizer) on tiny deterministic data; started by torchrun from test_distributed.py.
 
-Usage: python -m tests.integration.dist_worker OUT_DIR BATCH_SIZE MODE:OPTIMIZER [MODE:OPTIMIZER ...]
-Each run writes OUT_DIR/<mode>-<optimizer>/ (final model) and OUT_DIR/<mode>-<optimizer>_live/ (curves).
+Usage: python -m tests.integration.dist_worker OUT_DIR BATCH_SIZE MODE:OPTIMIZER[:EVAL_BATCHES] [...]
+Each run writes OUT_DIR/<name>/ (final model) and OUT_DIR/<name>_live/ (curves), <name> = run_name(...).
 """
 
 from __future__ import annotations
@@ -39,12 +39,17 @@ def job(out: Path, name: str) -> Job:
                token_bytes=np.ones(128, dtype=np.int64), data_fingerprint="dist", desc="pretrain")
 
 
+def run_name(mode: str, optimizer: str, eval_batches: int | None = None) -> str:
+    return f"{mode}-{optimizer}" + (f"-e{eval_batches}" if eval_batches else "")
+
+
 def main() -> None:
     out, batch_size, *runs = sys.argv[1:]
     for run in runs:
-        mode, optimizer = run.split(":")
-        train(model_config(), train_config(optimizer, int(batch_size)), ParallelConfig(mode=mode),
-              job(Path(out), f"{mode}-{optimizer}"))
+        mode, optimizer, *rest = run.split(":")
+        extra = {"eval_batches": int(rest[0])} if rest else {}
+        train(model_config(), train_config(optimizer, int(batch_size), **extra), ParallelConfig(mode=mode),
+              job(Path(out), run_name(mode, optimizer, *(int(r) for r in rest))))
     distributed.teardown()
 
 

@@ -85,5 +85,5 @@ def test_missing_model_names_the_stage_to_run(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "llm_core.inference.console", "--model", str(tmp_path / "sft"),
                            "-p", "hi"], cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "llm-chat: error: no trained model in" in proc.stderr and "dvc repro sft" in proc.stderr
+    assert "llm-chat: error: no model in" in proc.stderr and "dvc repro sft" in proc.stderr
     assert "Traceback" not in proc.stderr

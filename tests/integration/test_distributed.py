@@ -10,6 +10,7 @@ optimizer adds nothing), and Muon runs to bf16 tolerance against the single proc
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -87,6 +88,20 @@ def test_ddp_zero1_fsdp_match_one_process(reference, tmp_path):
     assert "tok_emb.weight" in blob["optimizers"][0]["state"]
 
 
+def test_every_rank_runs_the_same_validation_batches_under_fsdp(tmp_path):
+    """62 validation rows = 7 global batches of 2 x 4 and 6 rows over: rank 0 could fill an 8th batch and rank 1
+    not, and FSDP would wait forever in the all-gather of rank 0's extra forward. Every rank now scores the same
+    whole global batches, the same rows as one process with batch 8."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "tests.integration.dist_worker", str(tmp_path), "4", "fsdp:adamw:100"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single = W.train_config("adamw", 8, eval_batches=100)
+    ref = train(W.model_config(), single, ParallelConfig(), W.job(tmp_path, "single-e100"))
+    got = json.loads((tmp_path / W.run_name("fsdp", "adamw", 100) / "train_info.json").read_text())
+    assert got["val_loss"] == pytest.approx(ref["val_loss"], abs=1e-5)
+
+
 @pytest.mark.slow
 def test_two_nodes_with_c10d_rendezvous_match_one_process(reference, tmp_path):
     port = free_port()
@@ -108,20 +123,23 @@ TINY = {
     "data": {"num_docs": 300, "sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "val_fraction": 0.1},
     "tokenizer": {"vocab_size": 600},
     "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 256},
-    "pretrain": {"steps": 4, "batch_size": 4, "seq_len": 32, "eval_every": 2, "eval_batches": 1,
+    "pretrain": {"steps": 4, "batch_size": 4, "seq_len": 32, "eval_every": 2, "eval_batches": 1000,
                  "checkpoint_every": 2, "warmup_steps": 1, "global_batch_tokens": 512},
-    "parallel": {"mode": "ddp", "nproc": 2},
+    "parallel": {"mode": "fsdp", "nproc": 2},
 }
 
 
 @pytest.mark.slow
-def test_dvc_repro_pretrain_with_ddp_on_two_cpu_processes(tmp_path):
+def test_dvc_repro_pretrain_with_fsdp_on_two_cpu_processes(tmp_path):
+    # eval_batches past the validation rows: every validation pass ends on a partial global batch
     pipeline_copy(tmp_path, TINY)
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "pretrain"], cwd=tmp_path, env=env(),
                           capture_output=True, text=True, timeout=400)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "torch.distributed.run --nproc-per-node=2" in out
+    info = yaml.safe_load((tmp_path / "models/pretrain/train_info.json").read_text())
+    assert info["steps"] == 4 and info["tokens"] == 4 * 512  # 2 ranks x 4 x 32 tokens, derived grad_accum 2
     metrics = yaml.safe_load((tmp_path / "metrics/pretrain.json").read_text())
-    assert metrics["steps"] == 4 and metrics["tokens"] == 4 * 512  # 2 ranks x 4 x 32 tokens, derived grad_accum 2
+    assert "val_loss" in metrics and "steps" not in metrics  # counters stay out of the compared metrics
     assert (tmp_path / "models/pretrain/model.safetensors").exists()

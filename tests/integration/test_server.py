@@ -156,4 +156,4 @@ def test_llm_serve_without_a_model_says_which_stage_to_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--model", str(tmp_path / "sft")])
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "llm-serve: error: no trained model in" in err and "dvc repro sft" in err
+    assert exit_.value.code == 2 and "llm-serve: error: no model in" in err and "dvc repro sft" in err

@@ -40,3 +40,38 @@ def test_unused_declaration_is_reported(tmp_path):
     path.write_text(yaml.safe_dump(spec))
     _, unused = code_report(path)
     assert unused == ["stage sample: `llm_core/training/loop.py` is declared but nothing it runs imports it"]
+
+
+BASE = {"config", "errors", "files"}
+ALLOWED = {  # what each part of the core may import (besides itself); imports go one way, top to bottom
+    "config": BASE, "errors": BASE, "files": BASE, "cli": BASE, "distributed": BASE,
+    "data": BASE, "model": BASE,
+    "inference": BASE | {"model", "data"},
+    "evaluation": BASE | {"model", "data", "inference", "distributed"},
+    "export": BASE | {"model", "data"},
+    "training": BASE | {"model", "data", "inference", "evaluation", "distributed"},
+}
+
+
+def test_imports_go_one_way():
+    from tests.pipeline_graph import _imports
+
+    wrong = []
+    for path in sorted((ROOT / "llm_core").rglob("*.py")):
+        rel = path.relative_to(ROOT / "llm_core")
+        part = rel.parts[0].removesuffix(".py")
+        if part == "__init__":
+            continue
+        for mod in _imports(path):
+            parts = mod.split(".")
+            if parts[0] == "stages":
+                wrong.append(f"{rel} imports {mod}")
+            elif len(parts) > 1 and parts[1] != part and parts[1] not in ALLOWED[part]:
+                wrong.append(f"{rel} imports {mod}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_core_module_is_too_long():
+    long = [f"{p.relative_to(ROOT)}: {n} lines" for p in (ROOT / "llm_core").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 650]
+    assert not long, long

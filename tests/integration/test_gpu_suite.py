@@ -1,0 +1,192 @@
+"""bench/gpu_suite.py: the whole suite in its tiny CPU mode, and how it keeps the finished parts when one fails."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+PARTS = ["env", "attention_hd64", "attention_hd128", "train_step", "train_step_triton", "decode", "pretrain_stage"]
+
+
+def _suite():
+    spec = importlib.util.spec_from_file_location("gpu_suite", ROOT / "bench" / "gpu_suite.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "bench/gpu_suite.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_tiny_suite_runs_every_part_end_to_end(tmp_path):
+    out = tmp_path / "suite.json"
+    proc = _run("--tiny", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["mode"] == "tiny" and list(report["parts"]) == PARTS
+    assert {k: v["status"] for k, v in report["parts"].items()} == dict.fromkeys(PARTS, "ok")
+    res = {k: v["result"] for k, v in report["parts"].items()}
+
+    assert res["env"]["torch"] and "triton" in res["env"]
+    for hd in (64, 128):
+        (row,) = res[f"attention_hd{hd}"]["results"]
+        assert row["head_dim"] == hd and row["numerics_ok"]
+        assert row["ratio_fwd"] > 0 and row["ratio_fwd_bwd"] > 0
+        assert row["err_out_ours"] < 1e-4 and row["err_grad_ours"] < 1e-4  # fp32 through the interpreter
+    step = res["train_step"]
+    assert step["ours"]["tokens_per_sec"] > 0 and step["hf_llama"]["tokens_per_sec"] > 0 and step["ratio"] > 0
+    assert res["train_step_triton"]["attention"] == "triton" and res["train_step_triton"]["ours"]["tokens_per_sec"] > 0
+    decode = res["decode"]["results"]
+    assert [r["batch"] for r in decode] == [1, 32]
+    assert all(r["ours_tokens_per_sec"] > 0 and r["hf_tokens_per_sec"] > 0 for r in decode)
+    assert all(r["tokens_agree"] == 1.0 for r in decode)  # the same exported weights in fp32: the same tokens
+    pre = res["pretrain_stage"]
+    assert pre["steps"] == 10 and pre["tokens_per_sec"] > 0 and pre["steady_tokens_per_sec"] > 0
+    assert set(pre["stage_seconds"]) == {"download_pretrain", "train_tokenizer", "tokenize", "pretrain"}
+
+    # the versions and one table per section on stdout; every part's output in the log
+    for text in ("torch 2.", "triton", "Attention, fp32 causal", "Training step: tiny", "Decoding: tiny",
+                 "Pretrain stage: tiny"):
+        assert text in proc.stdout, text
+    log = out.with_suffix(".log").read_text()
+    assert all(f"===== {name}:" in log for name in PARTS)
+
+    # a second run with --resume keeps every finished part and runs only the env part again
+    again = _run("--tiny", "--resume", "--out", str(out))
+    assert again.returncode == 0, again.stdout[-3000:]
+    resumed = json.loads(out.read_text())
+    assert "kept attention_hd64, attention_hd128" in again.stdout
+    assert all(resumed["parts"][k] == report["parts"][k] for k in PARTS[1:])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def _hang(pid_file: Path) -> str:
+    """A part that starts a process of its own, prints a JSON line, then hangs."""
+    return ("import subprocess, sys, time\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+            "print('{\"partial\": 1}', flush=True)\n"
+            "time.sleep(60)\n")
+
+
+def _wait_gone(pid: int, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+def test_a_crash_or_a_time_out_keeps_the_parts_done(tmp_path):
+    suite = _suite()
+    py = sys.executable
+    pid_file = tmp_path / "grandchild.pid"
+    hang = _hang(pid_file)
+    steps = [
+        suite.Step("first", [py, "-c", "print('a table'); print('{\"x\": 1}')"], 30),
+        suite.Step("crash", [py, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"], 30),
+        suite.Step("hang", [py, "-c", hang], 3),
+        suite.Step("silent", [py, "-c", "print('no JSON line')"], 30),
+        suite.Step("last", [py, "-c", "print('{\"y\": 2}')"], 30),
+    ]
+    out = tmp_path / "suite.json"
+    report = suite.run_steps(steps, out, {"mode": "test"}, budget_s=120, env=dict(os.environ),
+                             echo=lambda *a, **k: None)
+    saved = json.loads(out.read_text())
+    assert saved == report
+    parts = saved["parts"]
+    assert {k: v["status"] for k, v in parts.items()} == {
+        "first": "ok", "crash": "failed", "hang": "timeout", "silent": "no result", "last": "ok"}
+    assert parts["first"]["result"] == {"x": 1} and parts["last"]["result"] == {"y": 2}
+    assert parts["crash"]["returncode"] == 3 and "boom" in parts["crash"]["output_tail"]
+    assert "partial" in parts["hang"]["output_tail"] and parts["hang"]["seconds"] < 20
+    # the time-out ended the part's whole process group, not only its first process
+    assert _wait_gone(int(pid_file.read_text()))
+    assert "boom" in out.with_suffix(".log").read_text()
+
+
+def test_parts_past_the_budget_are_skipped_and_a_running_part_is_on_file(tmp_path, monkeypatch):
+    suite = _suite()
+    monkeypatch.setattr(suite, "MIN_PART_S", 1.0)
+    py = sys.executable
+    out = tmp_path / "suite.json"
+    # a part that reads the suite's file while it runs: a suite killed now would leave that record behind
+    probe = f"import json; d = json.load(open({str(out)!r})); print(json.dumps({{'seen': d['parts']['probe']}}))"
+    steps = [suite.Step("probe", [py, "-c", probe], 30),
+             suite.Step("slow", [py, "-c", "import time; time.sleep(60)"], 100),
+             suite.Step("next", [py, "-c", "print('{}')"], 30)]
+    report = suite.run_steps(steps, out, {}, budget_s=4.0, env=dict(os.environ), echo=lambda *a, **k: None)
+    parts = json.loads(out.read_text())["parts"]
+    assert parts["probe"]["result"]["seen"]["status"] == "running"
+    assert parts["slow"]["status"] == "timeout" and parts["slow"]["limit_s"] < 4.0  # what was left of the budget
+    assert parts["next"]["status"] == "skipped"
+    assert "finished" in report
+
+
+def test_sigterm_to_the_suite_ends_the_running_part_and_records_it(tmp_path):
+    out, pid_file = tmp_path / "suite.json", tmp_path / "grandchild.pid"
+    runner = (
+        "import importlib.util, os, sys\n"
+        "from pathlib import Path\n"
+        f"spec = importlib.util.spec_from_file_location('gpu_suite', {str(ROOT / 'bench' / 'gpu_suite.py')!r})\n"
+        "suite = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['gpu_suite'] = suite\n"
+        "spec.loader.exec_module(suite)\n"
+        "suite.stop_on_sigterm()\n"
+        f"steps = [suite.Step('hang', [sys.executable, '-c', {_hang(pid_file)!r}], 60)]\n"
+        f"suite.run_steps(steps, Path({str(out)!r}), {{}}, 120, dict(os.environ))\n")
+    proc = subprocess.Popen([sys.executable, "-c", runner])
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert json.loads(out.read_text())["parts"]["hang"]["status"] == "interrupted"
+    assert _wait_gone(int(pid_file.read_text()))
+
+
+def test_quick_is_a_subset_of_the_full_suite_with_tighter_limits():
+    suite = _suite()
+    full = {s.name: s for s in suite.plan("full")}
+    quick = {s.name: s for s in suite.plan("quick")}
+    assert list(full) == PARTS[1:] and list(quick) == ["attention_hd64", "attention_hd128", "train_step", "decode"]
+    assert all(quick[k].limit_s <= full[k].limit_s for k in quick)
+    assert suite.BUDGET_S["full"] == 8 * 60 and suite.BUDGET_S["quick"] == 3 * 60
+    assert [s.name for s in suite.plan("full", only=["decode"])] == ["decode"]
+    # every command names a benchmark of bench/ that exists
+    assert all(Path(s.argv[1]).is_file() for mode in ("full", "quick", "tiny") for s in suite.plan(mode))
+
+
+def test_render_shows_a_failed_part_and_the_sections_it_has(tmp_path):
+    suite = _suite()
+    report = {"mode": "full", "started": "t", "versions": "NVIDIA H200 | torch 2.x", "parts": {
+        "env": {"status": "ok", "seconds": 2.0, "limit_s": 60},
+        "decode": {"status": "ok", "seconds": 30.0, "limit_s": 120, "result": {
+            "preset": "124m", "num_params": 123_600_000, "dtype": "bfloat16", "prompt_len": 128, "new_tokens": 128,
+            "results": [{"batch": 1, "ours_tokens_per_sec": 200.0, "hf_tokens_per_sec": 100.0, "ratio": 2.0,
+                         "tokens_agree": 0.9, "ours_path": "generate"}]}},
+        "train_step": {"status": "timeout", "seconds": 240.0, "limit_s": 240}}}
+    text = suite.render(report)
+    assert "NVIDIA H200" in text and "train_step           timeout" in text
+    assert "Decoding: 124m" in text and "2.00" in text
+    assert "Training step" not in text and "Attention" not in text
