@@ -56,7 +56,8 @@ def read_prompts_file(path: str | Path) -> list[Prompt]:
                                  "content") from None
             out.append(Prompt("chat", [{"role": m["role"], "content": m["content"]} for m in obj["messages"]]))
         else:
-            raise ValueError(f"{path}:{n} has neither a `prompt` string nor a `messages` list; add one")
+            raise ValueError(f"{path}:{n} has neither a `prompt` string nor a `messages` list; "
+                             "give the line one of them")
     return out
 
 

@@ -114,6 +114,15 @@ def corrupt_model(repo):
                     "sample: fix: retrain the model"], ["models/sft/config.json"]
 
 
+def bad_prompts_line(repo):
+    (repo / "prompts.jsonl").write_text('{"prompt": "fine"}\n{"text": "no prompt key"}\n')
+    (repo / "metrics").mkdir(exist_ok=True)
+    (repo / "metrics/s.json").write_text('{"samples": []}\n')  # a previous run's output
+    set_params(repo, {"sample": {"prompts_file": "prompts.jsonl"}})
+    return SAMPLE, ["sample: error: prompts.jsonl:2 has neither a `prompt` string nor a `messages` list",
+                    "sample: fix: give the line one of them"], ["metrics/s.json"]
+
+
 CASES = {
     "an unknown params key": unknown_key,
     "a params value out of range": bad_value,
@@ -127,6 +136,7 @@ CASES = {
     "token shards made by another tokenizer": other_tokenizer,
     "a missing model": missing_model,
     "a corrupt model file": corrupt_model,
+    "a bad line in `sample.prompts_file`": bad_prompts_line,
 }
 
 

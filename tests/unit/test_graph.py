@@ -46,7 +46,7 @@ BASE = {"config", "errors", "files"}
 ALLOWED = {  # what each part of the core may import (besides itself); imports go one way, top to bottom
     "config": BASE, "errors": BASE, "files": BASE, "cli": BASE, "distributed": BASE,
     "data": BASE, "model": BASE,
-    "inference": BASE | {"model", "data"},
+    "inference": BASE | {"model", "data", "cli"},  # cli: llm-chat and llm-serve end on user mistakes as stages do
     "evaluation": BASE | {"model", "data", "inference", "distributed"},
     "export": BASE | {"model", "data"},
     "training": BASE | {"model", "data", "inference", "evaluation", "distributed"},
