@@ -7,7 +7,9 @@ system browser through `executable_path`; without them the test is skipped with 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 
 import pytest
 
@@ -18,7 +20,7 @@ from tests.serving import request, running
 INSTALL = ("needs a Chromium and Playwright: `apt-get install -y chromium` and `pip install -e '.[dev]'` "
            "(installs playwright; no browser download needed)")
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
-                 if p and shutil.os.path.exists(p)), None)
+                 if p and os.path.exists(p)), None)
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +42,25 @@ def _settle(page):
 
 def test_page_streams_answers_and_sends_slider_values(browser, served_models):
     loaded = load(served_models / "sft", device="cpu")
-    with running(create_app(loaded, max_batch=4)) as base:
+    app = create_app(loaded, max_batch=4)
+    engine = app.state.scheduler.engine
+    step = engine.step
+
+    def slow_step():  # a model that takes 5 ms a token, so the answer visibly arrives in several pieces
+        time.sleep(0.005)
+        return step()
+
+    engine.step = slow_step
+    with running(app) as base:
         # what the page should show: the greedy answer with the page's default penalty and length
         expected = request(base, "POST", "/v1/chat/completions", {
             "messages": [{"role": "user", "content": "Tell me a story."}], "temperature": 0,
             "repetition_penalty": 1.1, "max_tokens": 256})[1]["choices"][0]["message"]["content"]
         assert expected.strip(), "the test model must say something"
         page = browser.new_page()
-        bodies = []
+        bodies, streams = [], []
         page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if r.method == "POST" else None)
+        page.on("requestfinished", lambda r: streams.append(r.response().text()) if r.method == "POST" else None)
         page.goto(base + "/")
         page.wait_for_function("document.getElementById('status').textContent === 'model: sft'")
         page.focus("#temperature")
@@ -63,8 +75,9 @@ def test_page_streams_answers_and_sends_slider_values(browser, served_models):
         _settle(page)
         answers = page.locator(".msg.assistant")
         assert answers.count() == 1 and answers.nth(0).text_content() == expected
-        assert page.evaluate("window.updates") >= 3
+        assert page.evaluate("window.updates") >= 3  # the bubbles, then the answer growing piece by piece
         assert bodies[-1]["temperature"] == 0 and bodies[-1]["stream"] is True
+        assert streams[-1].count("data: ") >= 4 and streams[-1].rstrip().endswith("data: [DONE]")
 
         page.fill("#max_tokens", "3")  # move a slider, then send again: markup in a message stays text
         assert page.text_content("#max_tokens-value") == "3"
