@@ -138,6 +138,7 @@ class Scheduler:
             try:
                 events = self.engine.step()
             except Exception as e:  # a bug, not a request's fault: fail the requests in flight, keep serving
+                logging.getLogger("llm_core.serve").exception("decode step failed")
                 self.error = e
                 for rid, job in list(self._jobs.items()):
                     self.engine.cancel(rid)
