@@ -157,3 +157,22 @@ def test_llm_serve_without_a_model_says_which_stage_to_run(tmp_path, capsys):
         main(["--model", str(tmp_path / "sft")])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "llm-serve: error: no model in" in err and "dvc repro sft" in err
+
+
+def test_a_failing_decode_step_fails_its_requests_and_the_server_goes_on(served_models):
+    app = create_app(load(served_models / "sft", device="cpu"), max_batch=2)
+    engine = app.state.scheduler.engine
+    step, calls = engine.step, []
+
+    def broken_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated bug")
+        return step()
+
+    engine.step = broken_once
+    with running(app) as base:
+        status, reply = request(base, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 3})
+        assert status == 500 and "generation failed" in reply["error"]["message"]
+        status, reply = request(base, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 3})
+        assert status == 200 and reply["usage"]["completion_tokens"] <= 3
