@@ -17,7 +17,8 @@ import torch
 
 from llm_core.data import chat
 from llm_core.evaluation.metrics import TokenMetrics
-from llm_core.inference.generate import SamplingParams, generate
+from llm_core.inference.engine import Engine, Request, run_batch
+from llm_core.inference.generate import SamplingParams
 
 _WORD = re.compile(r"[A-Za-z]+")
 
@@ -27,14 +28,16 @@ def is_right(reply: str, required: list[str], wrong: list[str]) -> bool:
     return all(r.lower() in words for r in required) and not any(w.lower() in words for w in wrong)
 
 
-def _reply(model, tokenizer, messages: list[dict], max_new_tokens: int) -> str:
-    ids, _ = chat.render(messages, tokenizer, add_generation_prompt=True)
-    budget = model.cfg.max_seq_len - len(ids)
-    if budget <= 0:
-        return ""  # the question does not fit the context: counted as not answered
-    out, _ = generate(model, ids, SamplingParams(min(max_new_tokens, budget), temperature=0.0),
-                      stop_ids=[tokenizer.end_id, tokenizer.bos_id])
-    return tokenizer.decode(out).strip()
+def _replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, max_batch: int = 32) -> list[str]:
+    """Greedy replies to every conversation, decoded together; a reply ends at any chat marker. A question longer
+    than the context keeps its most recent tokens (the engine's rolling window), as a chat would."""
+    engine = Engine(model, max_batch=max_batch, special_ids=tokenizer.special_ids.values(), bos_id=tokenizer.bos_id,
+                    vocab_size=tokenizer.vocab_size)
+    stops = sorted(set(tokenizer.special_ids.values()) | {tokenizer.end_id, tokenizer.bos_id})
+    greedy = SamplingParams(max_new_tokens, temperature=0.0)
+    requests = [Request(chat.render(m, tokenizer, add_generation_prompt=True)[0], greedy, stops)
+                for m in conversations]
+    return [tokenizer.decode(r.tokens).strip() for r in run_batch(engine, requests)]
 
 
 @torch.no_grad()
@@ -42,8 +45,7 @@ def score_world(model, tokenizer, items: list[dict], max_new_tokens: int = 32) -
     """Accuracy on graded items (synthetic.generate_chat_eval); also the replies, for inspection."""
     right: dict[str, list[int]] = defaultdict(list)
     replies = []
-    for item in items:
-        reply = _reply(model, tokenizer, item["messages"], max_new_tokens)
+    for item, reply in zip(items, _replies(model, tokenizer, [it["messages"] for it in items], max_new_tokens)):
         ok = is_right(reply, item["required"], item["wrong"])
         right[item["kind"]].append(int(ok))
         replies.append({"kind": item["kind"], "question": item["messages"][-1]["content"], "reply": reply,
@@ -60,18 +62,18 @@ def score_reference(model, tokenizer, conversations: list[list[dict]], max_new_t
     device = next(model.parameters()).device
     token_bytes = torch.tensor(tokenizer.token_bytes(), device=device)
     metrics = TokenMetrics(device, token_bytes)
-    exact, replies = [], []
     for messages in conversations:
         ids, mask = chat.render(messages, tokenizer)
         ids, mask = ids[:model.cfg.max_seq_len + 1], mask[:model.cfg.max_seq_len + 1]
         x = torch.tensor([ids[:-1]], device=device)
         y = torch.tensor([[t if m else -1 for t, m in zip(ids[1:], mask[1:])]], device=device)
         metrics.add(model(x), y)
-        if messages[-1]["role"] == "assistant":
-            reply = _reply(model, tokenizer, messages[:-1], max_new_tokens)
-            exact.append(int(reply == messages[-1]["content"].strip()))
-            replies.append({"question": messages[-2]["content"] if len(messages) > 1 else "", "reply": reply,
-                            "reference": messages[-1]["content"], "right": bool(exact[-1])})
+    answered = [m for m in conversations if m[-1]["role"] == "assistant" and len(m) > 1]
+    exact, replies = [], []
+    for messages, reply in zip(answered, _replies(model, tokenizer, [m[:-1] for m in answered], max_new_tokens)):
+        exact.append(int(reply == messages[-1]["content"].strip()))
+        replies.append({"question": messages[-2]["content"], "reply": reply, "reference": messages[-1]["content"],
+                        "right": bool(exact[-1])})
     result = {f"assistant_{k}": v for k, v in metrics.result().items()}
     result["num_items"] = len(conversations)
     if exact:

@@ -1,6 +1,7 @@
 """Chat evaluation: held-out graded questions from the built-in world and the verdict on a reply."""
 
 import pytest
+import torch
 
 from llm_core.data import synthetic
 from llm_core.evaluation import chat as chat_eval
@@ -35,12 +36,28 @@ def test_eval_items_are_held_out_graded_and_cover_every_kind():
 
 def test_score_world_counts_right_replies_by_kind(monkeypatch):
     items = synthetic.generate_chat_eval(3, 18)
-    answers = iter([it["reference"] if i % 3 else "I do not know." for i, it in enumerate(items)])
-    monkeypatch.setattr(chat_eval, "_reply", lambda *a, **k: next(answers))
+    answers = [it["reference"] if i % 3 else "I do not know." for i, it in enumerate(items)]
+    monkeypatch.setattr(chat_eval, "_replies", lambda *a, **k: answers)
     metrics, replies = chat_eval.score_world(None, None, items)
     assert metrics["num_items"] == 18 and metrics["accuracy"] == pytest.approx(12 / 18)
     assert sum(r["right"] for r in replies) == 12
     assert {k for k in metrics if k.startswith("accuracy_")} == {f"accuracy_{it['kind']}" for it in items}
+
+
+def test_batched_replies_equal_one_at_a_time_greedy(tokenizer):
+    from llm_core.data import chat
+    from llm_core.inference.generate import SamplingParams, generate
+
+    torch.manual_seed(0)
+    model = Transformer(tiny_model_config(vocab_size=tokenizer.vocab_size)).eval()
+    convs = [it["messages"] for it in synthetic.generate_chat_eval(4, 5)]
+    convs = [[{"role": "user", "content": m[0]["content"][-60:]}] for m in convs]  # within the tiny context
+    batched = chat_eval._replies(model, tokenizer, convs, max_new_tokens=6, max_batch=4)
+    stops = sorted(set(tokenizer.special_ids.values()))
+    single = [tokenizer.decode(generate(model, chat.render(m, tokenizer, add_generation_prompt=True)[0],
+                                        SamplingParams(6, temperature=0.0), stop_ids=stops)[0]).strip()
+              for m in convs]
+    assert batched == single
 
 
 def test_score_reference_on_a_real_model(tokenizer):
