@@ -119,6 +119,9 @@ class Trainer:
         model.to(self.device)
         self.model = model
         self.moe_layers = [i for i, _ in model.moe_layers()]
+        # expert load summed over the steps since the last validation: one step's counts are too few to judge balance
+        self.load_window: list[float] | None = None
+        self.last_load: dict = {}
         if cfg.activation_checkpointing != "none":  # before wrapping: DDP / FSDP / compile see the recomputing blocks
             apply_activation_checkpointing(model, cfg.activation_checkpointing, cfg.activation_checkpointing_k)
         self.step_model = distributed.wrap(model, self.mode, ctx)
@@ -260,6 +263,7 @@ class Trainer:
                **{f"train/{k}": v for k, v in self.meter.read().items()}}
         if load is not None:
             out.update(expert_load_metrics(counts, self.moe_layers))
+            self.load_window = counts if self.load_window is None else [a + b for a, b in zip(self.load_window, counts)]
         return out
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -317,16 +321,17 @@ class Trainer:
     def train(self) -> dict:
         cfg, state = self.cfg, self.state
         last_train_loss, last_val = float("nan"), {}
-        self.last_load: dict = {}
         stopped_early = False
         t_start = time.perf_counter()
         self.step_model.train()
         while state["step"] < cfg.steps:
             metrics = self.train_step()
             last_train_loss = metrics["train/loss"]
-            self.last_load = {k: v for k, v in metrics.items() if k.startswith("moe/")}
             step = state["step"]
             if step % cfg.eval_every == 0 or step == cfg.steps:
+                if self.load_window is not None:
+                    self.last_load = expert_load_metrics(self.load_window, self.moe_layers)
+                    self.load_window = None
                 last_val = self.evaluate()
                 metrics.update(last_val)
                 self.update_best(last_val)
@@ -359,8 +364,8 @@ class Trainer:
                        "stopped_early": stopped_early})
         if best is not None:
             result["best_step"] = best["step"]
-        # expert balance at the last step: max / mean tokens per expert, per MoE layer and averaged
-        result.update({k.replace("moe/", "moe_"): v for k, v in getattr(self, "last_load", {}).items()})
+        # expert balance over the last validation interval: max / mean tokens per expert, per MoE layer and averaged
+        result.update({k.replace("moe/", "moe_"): v for k, v in self.last_load.items()})
         if elapsed > 0 and state["tokens"] > self.start_tokens:
             result["tokens_per_sec"] = (state["tokens"] - self.start_tokens) / elapsed  # this process's work only
             if self.peak:
