@@ -1,7 +1,8 @@
 """One training run per (mode, optimizer) on tiny deterministic data; started by torchrun from test_distributed.py.
 
-Usage: python -m tests.integration.dist_worker OUT_DIR BATCH_SIZE MODE:OPTIMIZER [MODE:OPTIMIZER ...]
-Each run writes OUT_DIR/<mode>-<optimizer>/ (final model) and OUT_DIR/<mode>-<optimizer>_live/ (curves).
+Usage: python -m tests.integration.dist_worker OUT_DIR BATCH_SIZE MODE:OPTIMIZER[:moe] [...]
+Each run writes OUT_DIR/<mode>-<optimizer>[-moe]/ (final model) and OUT_DIR/<name>_live/ (curves); `:moe` trains the
+mixture-of-experts variant (latent attention, experts with loss-free balancing and recomputation).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from llm_core.training.loop import Job, train
 STEPS = 10
 
 
-def model_config() -> ModelConfig:
+def model_config(moe: bool = False) -> ModelConfig:
+    extra = dict(attention_type="mla", ffn="moe", n_experts=4, top_k=2, expert_hidden=16, bias_update_rate=0.01,
+                 first_dense_layers=1, aux_loss_weight=0.01) if moe else {}
     return ModelConfig(preset="tiny", n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64,
-                       max_seq_len=32).resolved(128)
+                       max_seq_len=32, **extra).resolved(128)
 
 
 def train_config(optimizer: str, batch_size: int, **kw) -> TrainConfig:
@@ -42,9 +45,11 @@ def job(out: Path, name: str) -> Job:
 def main() -> None:
     out, batch_size, *runs = sys.argv[1:]
     for run in runs:
-        mode, optimizer = run.split(":")
-        train(model_config(), train_config(optimizer, int(batch_size)), ParallelConfig(mode=mode),
-              job(Path(out), f"{mode}-{optimizer}"))
+        mode, optimizer, *variant = run.split(":")
+        moe = variant == ["moe"]
+        kw = dict(activation_checkpointing="full") if moe else {}
+        train(model_config(moe), train_config(optimizer, int(batch_size), **kw), ParallelConfig(mode=mode),
+              job(Path(out), f"{mode}-{optimizer}" + ("-moe" if moe else "")))
     distributed.teardown()
 
 
