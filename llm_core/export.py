@@ -1,4 +1,5 @@
-"""Hugging Face (Llama) interop: our model folder <-> a `LlamaForCausalLM` folder, from Python or one command.
+"""Hugging Face interop: our model folder <-> a `LlamaForCausalLM` folder (or, for models with latent attention or
+experts, a `DeepseekV3ForCausalLM` folder: `export_deepseek.py`), from Python or one command.
 
     python -m llm_core.export models/sft exports/sft-hf --tokenizer models/tokenizer    # ours -> Llama folder
     python -m llm_core.export --from-hf exports/sft-hf models/imported                  # Llama folder -> ours
@@ -9,7 +10,7 @@ tokenizer.json + tokenizer_config.json (special tokens and the chat template), s
 llama.cpp's converter).
 
 The model uses Hugging Face's rotate-half RoPE layout and the same module structure, so the mapping is a renaming of
-tensors; no weight is permuted. QK-norm has no Llama equivalent, so such models are refused.
+tensors; no weight is permuted. QK-norm has no Llama equivalent, so such models are refused. Imports read Llama folders.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import safetensors.torch
 import torch
 
 from llm_core.config import ModelConfig
+from llm_core.export_deepseek import deepseek_config, deepseek_state_dict, is_deepseek
 from llm_core.model.io import load_model, write_model
 from llm_core.model.transformer import Transformer
 
@@ -48,6 +50,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 def hf_config(cfg: ModelConfig, bos_id: int | None = None, eos_id: int | None = None,
               dtype: torch.dtype = torch.float32) -> dict:
+    if is_deepseek(cfg):
+        return deepseek_config(cfg, bos_id, eos_id, _DTYPE_NAMES[dtype])
     if cfg.qk_norm:
         raise ValueError("model.qk_norm has no LlamaForCausalLM equivalent; export a model trained without it")
     return {
@@ -65,6 +69,8 @@ def hf_config(cfg: ModelConfig, bos_id: int | None = None, eos_id: int | None = 
 
 
 def to_hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    if is_deepseek(model.cfg):
+        return deepseek_state_dict(model)
     out = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight}
     if not model.cfg.tie_embeddings:
         out["lm_head.weight"] = model.lm_head.weight
@@ -196,10 +202,10 @@ def import_hf(directory: str | Path, attention: str = "sdpa") -> Transformer:
 
 
 def _verify(model: Transformer, folder: Path) -> float:
-    """Max |logit difference| between our model and transformers' LlamaForCausalLM loaded from `folder`."""
+    """Max |logit difference| between our model and the transformers model (Llama / DeepSeek-V3) in `folder`."""
     import transformers
 
-    hf = transformers.LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     x = torch.randint(0, model.cfg.vocab_size, (1, min(32, model.cfg.max_seq_len)))
     with torch.no_grad():
         return (hf(x).logits - model.float().eval()(x)).abs().max().item()
@@ -233,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"exported {args.src} -> {out} ({model.num_params():,} parameters, {args.dtype})")
     if args.verify:
         diff = _verify(model, out)
-        print(f"transformers LlamaForCausalLM vs llm_core: max |logit diff| = {diff:.2e}")
+        print(f"transformers {json.loads((out / 'config.json').read_text())['architectures'][0]} vs llm_core: "
+              f"max |logit diff| = {diff:.2e}")
         if args.dtype == "fp32" and diff > 1e-3:
             sys.exit("export failed verification: logits differ")
 

@@ -237,8 +237,7 @@ class Engine:
         last = len(self.rows) - 1
         if i != last:
             length = int(self.cache.lengths[last])
-            self.cache.k[:, i, :, :length] = self.cache.k[:, last, :, :length]
-            self.cache.v[:, i, :, :length] = self.cache.v[:, last, :, :length]
+            self.cache.move_row(last, i, length)
             for t in (self.cache.lengths, self.logits, self.seen, self.temperature, self.top_k, self.top_p,
                       self.penalty):
                 t[i] = t[last]

@@ -1,10 +1,12 @@
 """The Transformer, architecture only (no optimizer, parallelism, compile or I/O: those are applied from outside).
 
-Design choices, Llama-2 style:
+Design choices, Llama-2 style by default:
 - pre-norm residual blocks with RMSNorm (statistics in fp32 whatever the activation dtype);
 - rotary position embeddings in the "rotate half" layout used by Hugging Face Llama, so export needs no permutation;
-- grouped-query attention: n_kv_heads <= n_heads (1 = multi-query), attention through one dispatch function;
-- SwiGLU feed-forward; no biases anywhere; optional QK-norm;
+- attention per block: grouped-query (n_kv_heads <= n_heads, 1 = multi-query) or multi-head latent attention
+  (`mla.py`), all through one dispatch function;
+- feed-forward per block: SwiGLU or a mixture of experts (`moe.py`); blocks may differ (`ModelConfig.layer(i)`);
+- no biases anywhere; optional QK-norm; optional dropout on each block's attention and feed-forward outputs;
 - tied input/output embeddings by default;
 - init: normal(model.init_std, 0.02 in every preset), residual output projections scaled by 1/sqrt(2 * n_layers)
   (GPT-2) so the residual stream's variance does not grow with depth;
@@ -26,62 +28,54 @@ import torch.nn.functional as F
 
 from llm_core.config import PRESETS, ModelConfig
 from llm_core.model.attention import attention
+from llm_core.model.layers import FeedForward, RMSNorm, apply_rope, rope_tables
+from llm_core.model.mla import MLA
+from llm_core.model.moe import MoE
 
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fp32 statistics: bf16 mean-of-squares loses too many bits on wide layers
-        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
-
-
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of shape (max_len, head_dim) in fp32, duplicated over the two halves (rotate-half layout)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, D/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (L, D)
-    return angles.cos().float(), angles.sin().float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, H, T, D); cos/sin: (T, D)
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rotated.float() * sin).type_as(x)
+__all__ = ["Attention", "Block", "FeedForward", "KVCache", "RMSNorm", "Transformer", "apply_rope", "rope_tables"]
 
 
 @dataclass
 class KVCache:
-    """Keys and values of every layer for up to `max_len` positions; `pos` is how many are filled.
+    """What decoding keeps of every layer for up to `max_len` positions; `pos` is how many are filled.
 
-    With `lengths` (B,) set the cache is ragged: row b holds `lengths[b]` positions and `pos` is unused. Slicing rows
-    (`cache.rows(a, b)`) gives a view that writes into the same storage.
+    Per layer a pair: grouped-query attention keeps keys and values, (B, K, max_len, D) each; latent attention keeps
+    the normalised key/value latent (B, max_len, kv_lora_rank) and the rotated shared key (B, max_len, rope dim).
     """
 
-    k: torch.Tensor  # (L, B, K, max_len, D)
-    v: torch.Tensor
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    max_len: int
     pos: int = 0
-    lengths: torch.Tensor | None = None  # (B,) int64, ragged caches only
+    lengths: torch.Tensor | None = None  # (B,) int64, ragged caches only: row b holds lengths[b] positions
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, max_len: int, device, dtype, ragged: bool = False) -> "KVCache":
-        shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        layers = []
+        for i in range(cfg.n_layers):
+            c = cfg.layer(i)
+            if c.attention_type == "mla":
+                shapes = (batch, max_len, c.kv_lora_rank), (batch, max_len, c.qk_rope_head_dim)
+            else:
+                shapes = ((batch, c.n_kv_heads, max_len, c.head_dim),) * 2
+            layers.append(tuple(torch.zeros(s, device=device, dtype=dtype) for s in shapes))
         lengths = torch.zeros(batch, dtype=torch.long, device=device) if ragged else None
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype),
-                   lengths=lengths)
+        return cls(layers, max_len, lengths=lengths)
 
     def rows(self, start: int, stop: int) -> "KVCache":
-        """Rows start..stop-1 as a view: writes (and length updates) land in this cache."""
+        """Rows start..stop-1 of a ragged cache as a view: writes (and length updates) land in this cache."""
         assert self.lengths is not None, "row views are for ragged caches"
-        return KVCache(self.k[:, start:stop], self.v[:, start:stop], lengths=self.lengths[start:stop])
+        return KVCache([(a[start:stop], b[start:stop]) for a, b in self.layers], self.max_len,
+                       lengths=self.lengths[start:stop])
 
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[3]
+    def move_row(self, src: int, dst: int, length: int) -> None:
+        """Copy the first `length` positions of row src into row dst (the batched decoder compacts its rows)."""
+        for pair in self.layers:
+            for t in pair:  # GQA (B, K, S, D): positions on dim 2; latent (B, S, R): on dim 1
+                seq = 2 if t.dim() == 4 else 1
+                t[dst].narrow(seq - 1, 0, length).copy_(t[src].narrow(seq - 1, 0, length))
+
+    def num_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for pair in self.layers for t in pair)
 
 
 class Attention(nn.Module):
@@ -108,43 +102,39 @@ class Attention(nn.Module):
             # ragged: row b writes its T new positions at lengths[b].. and sees keys up to its own end (the mask)
             rows = torch.arange(B, device=x.device)[:, None]  # (B, 1)
             cols = cache.lengths[:, None] + torch.arange(T, device=x.device)  # (B, T)
-            cache.k[layer][rows, :, cols] = k.transpose(1, 2)  # (B, T, K, D) into (B, K, S, D)
-            cache.v[layer][rows, :, cols] = v.transpose(1, 2)
+            c_k, c_v = cache.layers[layer]
+            c_k[rows, :, cols] = k.transpose(1, 2)  # (B, T, K, D) into (B, K, S, D)
+            c_v[rows, :, cols] = v.transpose(1, 2)
             span = mask.shape[-1]
-            k, v = cache.k[layer, :, :, :span], cache.v[layer, :, :, :span]  # (B, K, S, D)
+            k, v = c_k[:, :, :span], c_v[:, :, :span]  # (B, K, S, D)
         elif cache is not None:
             start = cache.pos
-            cache.k[layer, :B, :, start:start + T] = k
-            cache.v[layer, :B, :, start:start + T] = v
-            k = cache.k[layer, :B, :, :start + T]  # (B, K, S, D)
-            v = cache.v[layer, :B, :, :start + T]
+            c_k, c_v = cache.layers[layer]
+            c_k[:B, :, start:start + T] = k
+            c_v[:B, :, start:start + T] = v
+            k = c_k[:B, :, :start + T]  # (B, K, S, D)
+            v = c_v[:B, :, :start + T]
         # causal with S > T is bottom-right aligned: new token i sees every cached one plus new ones up to i
         y = attention(q, k, v, causal=True, backend=self.backend, mask=mask)  # (B, H, T, D)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
-class FeedForward(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.w1 = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)  # gate
-        self.w3 = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)  # up
-        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)  # down
-
-    def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
+        """`cfg` is this block's view (`ModelConfig.layer(i)`)."""
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = MLA(cfg) if cfg.attention_type == "mla" else Attention(cfg)
+        self.rope_dim = cfg.rope_dim
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.ffn = FeedForward(cfg)
+        self.ffn = MoE(cfg) if cfg.ffn == "moe" else FeedForward(cfg.d_model, cfg.ffn_hidden)
+        # no module at all without dropout: nothing draws random numbers, so runs stay as they were
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
-    def forward(self, x, cos, sin, cache=None, layer=0, mask=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer, mask)
-        return x + self.ffn(self.ffn_norm(x))
+    def forward(self, x, rope: dict, cache=None, layer=0, mask=None):
+        cos, sin = rope[self.rope_dim]
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer, mask))
+        return x + self.drop(self.ffn(self.ffn_norm(x)))
 
 
 class Transformer(nn.Module):
@@ -153,15 +143,18 @@ class Transformer(nn.Module):
         assert cfg.vocab_size > 0 and cfg.n_layers is not None, "pass a resolved ModelConfig"
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg.layer(i)) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        # one table per rotary width in use (GQA heads rotate head_dim, MLA its rope part);
         # not persistent: derived from the config, so checkpoints hold weights only
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.rope_dims = sorted({block.rope_dim for block in self.layers})
+        for dim in self.rope_dims:
+            cos, sin = rope_tables(dim, cfg.max_seq_len, cfg.rope_theta)
+            self.register_buffer(f"rope_cos_{dim}", cos, persistent=False)
+            self.register_buffer(f"rope_sin_{dim}", sin, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -171,13 +164,17 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 nn.init.ones_(p)
-            elif name.endswith(("attn.wo.weight", "ffn.w2.weight")):
+            elif name.endswith(("attn.wo.weight", "ffn.w2.weight", "ffn.w2", "ffn.shared.w2.weight")):
                 nn.init.normal_(p, mean=0.0, std=residual_std)
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
-        cos, sin = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta)
-        self.rope_cos.copy_(cos)
-        self.rope_sin.copy_(sin)
+        for name, buf in self.named_buffers():
+            if name.endswith("expert_bias"):
+                buf.zero_()
+        for dim in self.rope_dims:
+            cos, sin = rope_tables(dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+            getattr(self, f"rope_cos_{dim}").copy_(cos)
+            getattr(self, f"rope_sin_{dim}").copy_(sin)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx: (B, T) token ids -> logits (B, T, V). With a cache, positions continue from cache.pos."""
@@ -187,10 +184,12 @@ class Transformer(nn.Module):
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, D)
+        rope = {dim: (getattr(self, f"rope_cos_{dim}")[start:start + T],
+                      getattr(self, f"rope_sin_{dim}")[start:start + T])
+                for dim in self.rope_dims}  # width -> (T, width) each
         x = self.tok_emb(idx)  # (B, T, C)
         for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, cache, i)
+            x = block(x, rope, cache, i)
         if cache is not None:
             cache.pos += T
         return self.lm_head(self.norm(x))  # (B, T, V)
@@ -201,21 +200,50 @@ class Transformer(nn.Module):
         lengths = cache.lengths.tolist()
         if min(lengths) == max(lengths):
             # rows in step (one row, or prompts of one length): the plain path, no mask and no scattered writes
-            logits = self.forward(idx, KVCache(cache.k, cache.v, pos=lengths[0]))
+            logits = self.forward(idx, KVCache(cache.layers, cache.max_len, pos=lengths[0]))
             cache.lengths += T
             return logits
         end = max(lengths) + T
         if end > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {end} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
         pos = cache.lengths[:, None] + torch.arange(T, device=idx.device)  # (B, T)
-        cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, D)
+        rope = {dim: (getattr(self, f"rope_cos_{dim}")[pos][:, None], getattr(self, f"rope_sin_{dim}")[pos][:, None])
+                for dim in self.rope_dims}  # width -> (B, 1, T, width) each
         # query t of row b sees keys 0..lengths[b]+t: its own past and its causal prefix, never another row's slack
         mask = (torch.arange(end, device=idx.device) <= pos[..., None])[:, None]  # (B, 1, T, S)
         x = self.tok_emb(idx)  # (B, T, C)
         for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, cache, i, mask)
+            x = block(x, rope, cache, i, mask)
         cache.lengths += T
         return self.lm_head(self.norm(x))  # (B, T, V)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # hooks of the mixture-of-experts layers for the training loop
+
+    def moe_layers(self) -> list[tuple[int, MoE]]:
+        return [(i, block.ffn) for i, block in enumerate(self.layers) if isinstance(block.ffn, MoE)]
+
+    def take_expert_load(self) -> torch.Tensor | None:
+        """Tokens per expert routed since the last call, (MoE layers, experts), or None without MoE layers.
+        Assumes every MoE layer has the same number of experts (else the rows are zero-padded)."""
+        layers = self.moe_layers()
+        if not layers:
+            return None
+        loads = [moe.take_load() for _, moe in layers]
+        width = max(t.numel() for t in loads)
+        return torch.stack([F.pad(t.float(), (0, width - t.numel())) for t in loads])
+
+    def update_expert_bias(self, load: torch.Tensor) -> None:
+        """Auxiliary-loss-free balancing step from `take_expert_load`'s counts summed over ranks."""
+        for row, (_, moe) in zip(load, self.moe_layers()):
+            moe.update_bias(row[:moe.n_experts])
+
+    def take_aux_loss(self) -> torch.Tensor | None:
+        """The weighted sequence-level balance losses of the last forward pass, summed (None when off)."""
+        losses = [moe.aux_loss for _, moe in self.moe_layers() if moe.aux_loss is not None]
+        for _, moe in self.moe_layers():
+            moe.aux_loss = None
+        return torch.stack(losses).sum() if losses else None

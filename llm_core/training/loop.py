@@ -32,6 +32,7 @@ from llm_core.files import write_json
 from llm_core.model.io import load_model, weights_hash, write_weights
 from llm_core.model.transformer import Transformer
 from llm_core.training import checkpoint, optim
+from llm_core.training.recompute import apply_activation_checkpointing
 from llm_core.training.tracking import Throughput, Tracker, peak_flops
 
 EPOCH_WARNING = 4.0  # planned passes over the training split past which overfitting is likely
@@ -46,6 +47,18 @@ def compared(result: dict) -> dict:
 
 class NonFiniteError(UserError, RuntimeError):
     pass
+
+
+def expert_load_metrics(counts: list[float], layers: list[int]) -> dict:
+    """Max / mean tokens per expert of each MoE layer (1.0 = perfectly balanced), from the flattened counts."""
+    width = len(counts) // len(layers)
+    out = {}
+    for row, layer in enumerate(layers):
+        load = [c for c in counts[row * width:(row + 1) * width]]
+        mean = sum(load) / len(load)
+        out[f"moe/load_max_mean_layer{layer}"] = max(load) / mean if mean > 0 else 1.0
+    out["moe/load_max_mean"] = sum(out.values()) / len(layers)
+    return out
 
 
 @dataclass
@@ -111,6 +124,12 @@ class Trainer:
         self.num_params = model.num_params()
         model.to(self.device)
         self.model = model
+        self.moe_layers = [i for i, _ in model.moe_layers()]
+        # expert load summed over the steps since the last validation: one step's counts are too few to judge balance
+        self.load_window: list[float] | None = None
+        self.last_load: dict = {}
+        if cfg.activation_checkpointing != "none":  # before wrapping: DDP / FSDP / compile see the recomputing blocks
+            apply_activation_checkpointing(model, cfg.activation_checkpointing, cfg.activation_checkpointing_k)
         self.step_model = distributed.wrap(model, self.mode, ctx)
         # built after wrapping: FSDP swaps the parameters for sharded ones
         self.optimizers = optim.build_optimizers(model, cfg, self.device.type,
@@ -163,6 +182,7 @@ class Trainer:
         cfg, desc = self.cfg, self.job.desc
         rows_per_step = cfg.batch_size * self.accum * self.ctx.world
         epochs = cfg.steps * rows_per_step / len(self.job.train_rows)
+        print(f"{desc}: model: {self.model_cfg.summary()}", flush=True)
         print(f"{desc}: {self.num_params:,} parameters, {cfg.steps} steps x {self.tokens_per_step:,} tokens = "
               f"{cfg.steps * self.tokens_per_step:,} tokens, {epochs:.2f} epochs of the training split "
               f"({len(self.job.train_rows):,} rows of {cfg.seq_len})", flush=True)
@@ -186,7 +206,12 @@ class Trainer:
         no_sync = sm.no_sync() if not sync and hasattr(sm, "no_sync") else contextlib.nullcontext()
         with no_sync, self.autocast:
             loss_sum = loss_fn(sm(x), y, reduction="sum")
-        self.scaler.scale(loss_sum * scale).backward()
+            objective = loss_sum * scale
+            aux = self.model.take_aux_loss() if self.moe_layers else None
+            if aux is not None:
+                # a mean per micro-batch: averaged over the step's micro-batches here and over ranks by DDP / FSDP
+                objective = objective + aux / self.accum
+        self.scaler.scale(objective).backward()
         return loss_sum.detach()
 
     def train_step(self) -> dict:
@@ -208,14 +233,19 @@ class Trainer:
             self.scaler.unscale_(opt)
         grad_norm = distributed.clip_grad_norm(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         check = torch.stack([loss_sum.float(), grad_norm.float() / ctx.world])
-        distributed.all_reduce_sum(check, ctx)  # every rank sees the same verdict
-        # the step's only host sync: one transfer for the loss, the norm and the non-finite verdict
-        loss_total, norm = check.tolist()
+        load = self.model.take_expert_load() if self.moe_layers else None  # (MoE layers, experts) token counts
+        if load is not None:
+            check = torch.cat([check, load.flatten().to(check.device)])
+        distributed.all_reduce_sum(check, ctx)  # every rank sees the same verdict (and the load of all ranks)
+        # the step's only host sync: one transfer for the loss, the norm, the non-finite verdict and the loads
+        loss_total, norm, *counts = check.tolist()
         train_loss = loss_total / global_count
         if math.isfinite(train_loss) and math.isfinite(norm):
             for opt in self.optimizers:
                 self.scaler.step(opt)
             self.scaler.update()
+            if load is not None:  # auxiliary-loss-free balancing: one bias step per optimizer step, same on all ranks
+                self.model.update_expert_bias(check[2:].view_as(load))
         elif self.scaler.is_enabled() and math.isfinite(train_loss):
             # fp16 overflow: skip the step and lower the scale on every rank alike (GradScaler's own rule)
             self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
@@ -235,8 +265,12 @@ class Trainer:
         state["step"] = step + 1
         state["tokens"] += self.tokens_per_step
         self.meter.add(self.tokens_per_step)
-        return {"train/loss": train_loss, "train/lr": lr, "train/grad_norm": norm,
-                **{f"train/{k}": v for k, v in self.meter.read().items()}}
+        out = {"train/loss": train_loss, "train/lr": lr, "train/grad_norm": norm,
+               **{f"train/{k}": v for k, v in self.meter.read().items()}}
+        if load is not None:
+            out.update(expert_load_metrics(counts, self.moe_layers))
+            self.load_window = counts if self.load_window is None else [a + b for a, b in zip(self.load_window, counts)]
+        return out
 
     # ---------------------------------------------------------------------------------------------------------------
     # validation, best weights, checkpoints
@@ -308,6 +342,9 @@ class Trainer:
             last_train_loss = metrics["train/loss"]
             step = state["step"]
             if step % cfg.eval_every == 0 or step == cfg.steps:
+                if self.load_window is not None:
+                    self.last_load = expert_load_metrics(self.load_window, self.moe_layers)
+                    self.load_window = None
                 last_val = self.evaluate()
                 metrics.update(last_val)
                 self.update_best(last_val)
@@ -337,10 +374,14 @@ class Trainer:
         for key, value in val.items():
             result["val_" + key.split("/", 1)[1]] = value
         result.update({"steps": state["step"], "tokens": state["tokens"], "skipped_steps": state["skipped_steps"],
-                       "num_params": self.num_params, "final": "best" if use_best else "last",
+                       "num_params": self.num_params, "num_params_active": self.model_cfg.num_params(active=True),
+                       "kv_cache_bytes_per_token": self.model_cfg.kv_cache_bytes_per_token(),
+                       "final": "best" if use_best else "last",
                        "stopped_early": stopped_early})
         if best is not None:
             result["best_step"] = best["step"]
+        # expert balance over the last validation interval: max / mean tokens per expert, per MoE layer and averaged
+        result.update({k.replace("moe/", "moe_"): v for k, v in self.last_load.items()})
         if elapsed > 0 and state["tokens"] > self.start_tokens:
             result["tokens_per_sec"] = (state["tokens"] - self.start_tokens) / elapsed  # this process's work only
             if self.peak:

@@ -17,9 +17,10 @@ import torch.nn as nn
 from llm_core.config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> tuple[list, list, list]:
-    """(hidden matrices, embedding/head matrices, gains and other 1-D) — tied weights appear once."""
-    hidden, embed, flat = [], [], []
+def param_groups(model: nn.Module, weight_decay: float) -> tuple[list, list, list, list]:
+    """(hidden matrices, stacked expert weights (3-D), embedding/head matrices, gains and other 1-D) — tied weights
+    appear once."""
+    hidden, stacked, embed, flat = [], [], [], []
     seen = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
@@ -29,20 +30,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> tuple[list, list, lis
             flat.append(p)
         elif "tok_emb" in name or "lm_head" in name:
             embed.append(p)
+        elif p.ndim > 2:
+            stacked.append(p)
         else:
             hidden.append(p)
-    return hidden, embed, flat
+    return hidden, stacked, embed, flat
 
 
 def build_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str,
                      shard: bool = False) -> list[torch.optim.Optimizer]:
     """[Muon (hidden matrices),] AdamW (the rest). `shard` (ZeRO-1): each rank keeps the state of, and updates,
     only its share of the parameters, then broadcasts them (torch's ZeroRedundancyOptimizer, for both kinds)."""
-    hidden, embed, flat = param_groups(model, cfg.weight_decay)
+    hidden, stacked, embed, flat = param_groups(model, cfg.weight_decay)
     betas = (cfg.beta1, cfg.beta2)
     # fused AdamW is one kernel per step on CUDA; on CPU foreach is the fast path
     fused = device_type == "cuda"
     adam_groups = [{"params": embed, "weight_decay": 0.0}, {"params": flat, "weight_decay": 0.0}]
+    # the experts' stacked (E, out, in) weights stay with AdamW under Muon too: torch.optim.Muon takes 2-D matrices
+    adam_groups.insert(0, {"params": stacked, "weight_decay": cfg.weight_decay})
     if cfg.optimizer == "adamw":
         adam_groups.insert(0, {"params": hidden, "weight_decay": cfg.weight_decay})
     adam_groups = [g for g in adam_groups if g["params"]]

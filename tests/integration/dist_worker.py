@@ -1,7 +1,9 @@
 """One training run per (mode, optimizer) on tiny deterministic data; started by torchrun from test_distributed.py.
 
-Usage: python -m tests.integration.dist_worker OUT_DIR BATCH_SIZE MODE:OPTIMIZER[:EVAL_BATCHES] [...]
-Each run writes OUT_DIR/<name>/ (final model) and OUT_DIR/<name>_live/ (curves), <name> = run_name(...).
+Usage: python -m tests.integration.dist_worker OUT_DIR BATCH_SIZE MODE:OPTIMIZER[:moe][:EVAL_BATCHES] [...]
+Each run writes OUT_DIR/<name>/ (final model) and OUT_DIR/<name>_live/ (curves), <name> = run_name(...); `:moe` trains
+the mixture-of-experts variant (latent attention, experts with loss-free balancing and recomputation), a number sets
+eval_batches.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from llm_core.training.loop import Job, train
 STEPS = 10
 
 
-def model_config() -> ModelConfig:
+def model_config(moe: bool = False) -> ModelConfig:
+    extra = dict(attention_type="mla", ffn="moe", n_experts=4, top_k=2, expert_hidden=16, bias_update_rate=0.01,
+                 first_dense_layers=1, aux_loss_weight=0.01) if moe else {}
     return ModelConfig(preset="tiny", n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64,
-                       max_seq_len=32).resolved(128)
+                       max_seq_len=32, **extra).resolved(128)
 
 
 def train_config(optimizer: str, batch_size: int, **kw) -> TrainConfig:
@@ -39,17 +43,21 @@ def job(out: Path, name: str) -> Job:
                token_bytes=np.ones(128, dtype=np.int64), data_fingerprint="dist", desc="pretrain")
 
 
-def run_name(mode: str, optimizer: str, eval_batches: int | None = None) -> str:
-    return f"{mode}-{optimizer}" + (f"-e{eval_batches}" if eval_batches else "")
+def run_name(mode: str, optimizer: str, eval_batches: int | None = None, moe: bool = False) -> str:
+    return f"{mode}-{optimizer}" + ("-moe" if moe else "") + (f"-e{eval_batches}" if eval_batches else "")
 
 
 def main() -> None:
     out, batch_size, *runs = sys.argv[1:]
     for run in runs:
         mode, optimizer, *rest = run.split(":")
-        extra = {"eval_batches": int(rest[0])} if rest else {}
-        train(model_config(), train_config(optimizer, int(batch_size), **extra), ParallelConfig(mode=mode),
-              job(Path(out), run_name(mode, optimizer, *(int(r) for r in rest))))
+        moe = "moe" in rest
+        eval_batches = next((int(r) for r in rest if r.isdigit()), None)
+        kw = dict(activation_checkpointing="full") if moe else {}
+        if eval_batches:
+            kw["eval_batches"] = eval_batches
+        train(model_config(moe), train_config(optimizer, int(batch_size), **kw), ParallelConfig(mode=mode),
+              job(Path(out), run_name(mode, optimizer, eval_batches, moe)))
     distributed.teardown()
 
 

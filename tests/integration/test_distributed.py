@@ -103,6 +103,29 @@ def test_every_rank_runs_the_same_validation_batches_under_fsdp(tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_with_mixture_of_experts_matches_one_process(tmp_path):
+    """Expert token counts are summed over ranks before the bias step, so both ranks take the single process's
+    balancing step; with latent attention, recomputation and the sequence balance loss on, ddp, zero1 and fsdp
+    (experts sharded along the expert dimension) still follow the single process."""
+    train(W.model_config(moe=True), W.train_config("adamw", 8, activation_checkpointing="full"), ParallelConfig(),
+          W.job(tmp_path / "single", "none-adamw-moe"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "tests.integration.dist_worker", str(tmp_path), "4", "ddp:adamw:moe", "zero1:adamw:moe",
+           "fsdp:adamw:moe"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for mode in ("ddp", "zero1", "fsdp"):  # expert_bias included in the weights compared
+        assert_same_run(tmp_path, f"{mode}-adamw-moe", tmp_path / "single" / "none-adamw-moe")
+
+    def load_curve(live: Path) -> list[str]:
+        rows = csv.DictReader(open(live / "plots/metrics/moe/load_max_mean.tsv"), delimiter="\t")
+        return [r["load_max_mean"] for r in rows]
+
+    # the same global counts on every step: the ranks' counts were summed, not taken from one rank
+    assert load_curve(tmp_path / "ddp-adamw-moe_live") == load_curve(tmp_path / "single" / "none-adamw-moe_live")
+
+
+@pytest.mark.slow
 def test_two_nodes_with_c10d_rendezvous_match_one_process(reference, tmp_path):
     port = free_port()
     agents = []

@@ -227,7 +227,7 @@ def _t(*shape, dtype=torch.float32, device=DEVICE):
 
 BAD_INPUTS = {
     "three_dims": ((_t(2, 8, 32), _t(2, 8, 32), _t(2, 8, 32)), "4-D"),
-    "k_v_shapes_differ": ((_t(1, 2, 8, 32), _t(1, 2, 8, 32), _t(1, 2, 9, 32)), "same shape"),
+    "k_v_shapes_differ": ((_t(1, 2, 8, 32), _t(1, 2, 8, 32), _t(1, 2, 9, 32)), "k and v must (have the same shape|agree on batch, kv_heads and seq_k)"),
     "head_dims_differ": ((_t(1, 2, 8, 32), _t(1, 2, 8, 64), _t(1, 2, 8, 64)), "head_dim"),
     "kv_heads_not_dividing": ((_t(1, 4, 8, 32), _t(1, 3, 8, 32), _t(1, 3, 8, 32)), "must divide"),
 }

@@ -11,7 +11,7 @@ from tests.helpers import tiny_model_config
 
 def test_groups_cover_each_parameter_once_and_decay_only_matrices():
     model = Transformer(tiny_model_config())
-    hidden, embed, flat = optim.param_groups(model, 0.1)
+    hidden, _, embed, flat = optim.param_groups(model, 0.1)
     ids = [id(p) for p in hidden + embed + flat]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     assert all(p.ndim == 2 for p in hidden) and all(p.ndim == 1 for p in flat)
@@ -25,7 +25,7 @@ def test_muon_takes_hidden_matrices():
     model = Transformer(tiny_model_config())
     muon, adam = optim.build_optimizers(model, TrainConfig(optimizer="muon"), "cpu")
     assert isinstance(muon, torch.optim.Muon) and isinstance(adam, torch.optim.AdamW)
-    hidden, embed, flat = optim.param_groups(model, 0.1)
+    hidden, _, embed, flat = optim.param_groups(model, 0.1)
     assert {id(p) for g in muon.param_groups for p in g["params"]} == {id(p) for p in hidden}
     x = torch.randint(0, 512, (2, 16))
     model(x).sum().backward()

@@ -8,8 +8,10 @@ code base calls this function and never an implementation directly:
 - ``"triton"``: our Flash-Attention-2 kernel in :mod:`llm_core.attention.flash`.
 - ``"naive"``: the fp32 reference in :mod:`llm_core.attention.naive`.
 
-Shapes: q is (batch, heads, seq_q, head_dim); k and v are (batch, kv_heads, seq_k, head_dim)
-with kv_heads dividing heads (GQA; kv_heads == 1 is MQA). The output has q's shape and dtype.
+Shapes: q is (batch, heads, seq_q, head_dim); k is (batch, kv_heads, seq_k, head_dim) and v
+(batch, kv_heads, seq_k, v_dim) with kv_heads dividing heads (GQA; kv_heads == 1 is MQA). v_dim may
+differ from head_dim (latent attention) for sdpa and naive; the Triton kernel needs them equal. The
+output is (batch, heads, seq_q, v_dim) in q's dtype.
 
 Causal masking is bottom-right aligned when seq_q != seq_k, as in flash-attn: query i attends
 key j iff j <= i + seq_k - seq_q, so a decode step (seq_q == 1) sees the whole KV cache and a
@@ -42,8 +44,9 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             "attention expects 4-D tensors q (batch, heads, seq_q, head_dim) and k, v "
             f"(batch, kv_heads, seq_k, head_dim); got q{tuple(q.shape)}, k{tuple(k.shape)}, v{tuple(v.shape)}"
         )
-    if k.shape != v.shape:
-        raise ValueError(f"attention: k and v must have the same shape; got k{tuple(k.shape)}, v{tuple(v.shape)}")
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError("attention: k and v must agree on batch, kv_heads and seq_k; "
+                         f"got k{tuple(k.shape)}, v{tuple(v.shape)}")
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(
             "attention: q and k must agree on batch and head_dim; "
@@ -80,6 +83,10 @@ def _triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, sca
             "attention backend 'triton' needs the triton package (pip install triton, Linux only); "
             f"use backend='sdpa' instead ({exc})"
         ) from exc
+    if k.shape[-1] != v.shape[-1]:
+        raise ValueError(f"attention backend 'triton' needs equal key and value head widths (got {k.shape[-1]} and "
+                         f"{v.shape[-1]}); for latent attention set model.qk_nope_head_dim + model.qk_rope_head_dim "
+                         "== model.v_head_dim, or use backend='sdpa'")
     return flash_attention(q, k, v, causal=causal, scale=scale)
 
 

@@ -1,8 +1,4 @@
-"""The one reader of params.yaml: typed sections, model presets and validation.
-
-Every other module receives these dataclasses; nothing else parses YAML. A wrong key, type or value fails here,
-before any work, with a message that names the key and what it accepts.
-"""
+"""The params sections other than the model, the `Params` root, and loading params.yaml into them."""
 
 from __future__ import annotations
 
@@ -18,34 +14,11 @@ from typing import Any
 
 import yaml
 
-from llm_core.errors import UserError
+from llm_core.config.base import (TRACE_ENV, ParamsError, _at_least, _auto_or_int, _choice, _Section,
+                                  start_trace)
+from llm_core.config.model import ModelConfig
 
 PARAMS_FILE = "params.yaml"
-TRACE_ENV = "LLM_CORE_TRACE_PARAMS"  # a file: each process appends the params keys it read (tests keep dvc.yaml exact)
-_read_keys: set[str] | None = None  # the keys read so far, while tracing
-
-
-class ParamsError(UserError, ValueError):
-    """A params.yaml problem; the message names the key and the fix."""
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Sections
-
-
-class _Section:
-    """Base of the params sections. With LLM_CORE_TRACE_PARAMS set, reading a key of a section loaded from params.yaml
-    records its dotted name, so a test can check that dvc.yaml declares every key each stage really reads."""
-
-    _path = ""
-
-    def __getattribute__(self, name: str):
-        value = object.__getattribute__(self, name)
-        if _read_keys is not None and not name.startswith("_") and not isinstance(value, _Section):
-            path = object.__getattribute__(self, "_path")
-            if path and name in object.__getattribute__(self, "__dataclass_fields__"):
-                _read_keys.add(f"{path}.{name}")  # a key, not a sub-section: those record their own keys
-        return value
 
 
 @dataclass
@@ -132,120 +105,6 @@ class TokenizeConfig(_Section):
 
 
 @dataclass
-class ModelConfig(_Section):
-    """The Transformer's shape. `vocab_size` comes from the tokenizer, not from params.yaml."""
-
-    preset: str = "tiny"
-    n_layers: int | None = None
-    d_model: int | None = None
-    n_heads: int | None = None
-    n_kv_heads: int | None = None  # < n_heads: grouped-query attention; 1: multi-query
-    ffn_hidden: int | None = None  # SwiGLU hidden width; null = 8/3 * d_model rounded up to a multiple of 64
-    max_seq_len: int | None = None  # longest context; RoPE tables are built for it
-    rope_theta: float | None = None
-    norm_eps: float | None = None
-    tie_embeddings: bool | None = None  # share the input embedding with the output head
-    qk_norm: bool | None = None  # RMSNorm on queries and keys per head
-    init_std: float | None = None  # std of the normal weight init (residual output projections get a scaled one)
-    attention: str = "sdpa"  # sdpa | triton | naive
-    vocab_size: int = 0
-
-    def resolved(self, vocab_size: int) -> "ModelConfig":
-        """The preset with explicit keys applied on top, plus derived fields."""
-        if self.preset not in PRESETS:
-            raise ParamsError(f"params.yaml: model.preset must be one of {sorted(PRESETS)} (got {self.preset!r})")
-        merged = dict(PRESETS[self.preset])
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is not None and f.name in merged:
-                merged[f.name] = value
-        if merged["n_kv_heads"] is None:
-            merged["n_kv_heads"] = merged["n_heads"]
-        if merged["ffn_hidden"] is None:
-            merged["ffn_hidden"] = _round_up(int(8 * merged["d_model"] / 3), 64)
-        cfg = ModelConfig(preset=self.preset, attention=self.attention, vocab_size=vocab_size, **merged)
-        cfg.validate()
-        return cfg
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    def validate(self) -> None:
-        from_attention = ("sdpa", "triton", "naive")
-        _choice("model.attention", self.attention, from_attention)
-        if self.preset not in PRESETS:
-            raise ParamsError(f"params.yaml: model.preset must be one of {sorted(PRESETS)} (got {self.preset!r})")
-        if not self.vocab_size:  # not resolved yet: explicit keys only
-            for key in ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_hidden", "max_seq_len"):
-                value = getattr(self, key)
-                if value is not None:
-                    _at_least(f"model.{key}", value, 1)
-            if self.init_std is not None and not self.init_std > 0:
-                raise ParamsError(f"params.yaml: model.init_std must be > 0 (got {self.init_std})")
-            return
-        for key in ("n_layers", "d_model", "n_heads", "n_kv_heads", "ffn_hidden", "max_seq_len"):
-            _at_least(f"model.{key}", getattr(self, key), 1)
-        # head grouping first: with a preset's width, a new n_heads / n_kv_heads pair is the likelier mistake
-        if self.n_heads % self.n_kv_heads:
-            raise ParamsError(f"params.yaml: model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads "
-                              f"({self.n_kv_heads})")
-        if self.d_model % self.n_heads:
-            raise ParamsError(f"params.yaml: model.d_model ({self.d_model}) must be divisible by model.n_heads "
-                              f"({self.n_heads})")
-        if self.head_dim % 2:
-            raise ParamsError(f"params.yaml: model head dim d_model/n_heads = {self.head_dim} must be even for RoPE")
-        if not self.init_std > 0:
-            raise ParamsError(f"params.yaml: model.init_std must be > 0 (got {self.init_std})")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def num_params(self, embeddings: bool = True) -> int:
-        """Parameter count from the shape alone (tied head counted once)."""
-        d, hd = self.d_model, self.head_dim
-        attn = d * (self.n_heads * hd) * 2 + d * (self.n_kv_heads * hd) * 2
-        mlp = 3 * d * self.ffn_hidden
-        norms = 2 * d + (2 * hd if self.qk_norm else 0)
-        body = self.n_layers * (attn + mlp + norms) + d
-        emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
-        return body + (emb if embeddings else (0 if self.tie_embeddings else self.vocab_size * d))
-
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token, 6N + 12LDT (PaLM appendix B, as nanoGPT and torchtitan count for MFU).
-
-        N counts the weights of every matmul, the output head included even when tied (the lookup of the input
-        embedding and the norms do no matmul); 12LDT is QK^T and PV over the full T x T score matrix, forward and
-        backward. Causal kernels skip half of that matrix, but MFU conventionally counts it all, so MFU figures
-        compare with the literature. Equals a FLOP counter run on the model (tests/unit/test_model.py).
-        """
-        d, hd = self.d_model, self.head_dim
-        per_layer = d * (self.n_heads * hd) * 2 + d * (self.n_kv_heads * hd) * 2 + 3 * d * self.ffn_hidden
-        n = self.n_layers * per_layer + self.vocab_size * d
-        return 6.0 * n + 12.0 * self.n_layers * (self.n_heads * hd) * seq_len
-
-
-# Sizes from the CPU default up to ~1.3B. GPT-2-like widths so results compare with the literature; the names are the
-# parameter counts with GPT-2's 50257-token vocab (tests/unit/test_model.py checks them). tiny and small are for CPU
-# runs with the built-in ~2k vocab (about 1M and 5M parameters there).
-_BASE = dict(rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, qk_norm=False, init_std=0.02)
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(_BASE, n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, ffn_hidden=384, max_seq_len=256),
-    "small": dict(_BASE, n_layers=6, d_model=256, n_heads=8, n_kv_heads=4, ffn_hidden=None, max_seq_len=512),
-    # GPT-2 small's shape with SwiGLU at 8/3 width: 123.6M
-    "124m": dict(_BASE, n_layers=12, d_model=768, n_heads=12, n_kv_heads=12, ffn_hidden=2048, max_seq_len=1024),
-    # GPT-2 medium's depth and width, GQA 2:1; the FFN (3x) takes back what GQA saves: 353.4M
-    "350m": dict(_BASE, n_layers=24, d_model=1024, n_heads=16, n_kv_heads=8, ffn_hidden=3072, max_seq_len=2048),
-    # GPT-2 large's depth and width, GQA 5:1 (a small decode cache), FFN 3.2x: 772.1M
-    "774m": dict(_BASE, n_layers=36, d_model=1280, n_heads=20, n_kv_heads=4, ffn_hidden=4096, max_seq_len=2048,
-                 rope_theta=500000.0),
-    # head_dim 128 and an untied head, as in Llama (at this size the head is a small share of the weights): 1.34B
-    "1.3b": dict(_BASE, n_layers=24, d_model=2048, n_heads=16, n_kv_heads=8, ffn_hidden=5632, max_seq_len=2048,
-                 rope_theta=500000.0, tie_embeddings=False),
-}
-
-
-@dataclass
 class TrainConfig(_Section):
     """One schema for pretraining and SFT: both run through the same loop."""
 
@@ -275,6 +134,8 @@ class TrainConfig(_Section):
     peak_flops: float = 0.0  # the accelerator's peak FLOP/s for MFU (0 = look up the GPU by name)
     final: str = "best"  # the stage's output model: best (lowest validation loss) | last (weights after the last step)
     early_stop_patience: int = 0  # stop after this many validation passes without improvement (0 = never)
+    activation_checkpointing: str = "none"  # recompute block activations in backward: none | full | every_k
+    activation_checkpointing_k: int = 2  # every_k: recompute every k-th block (blocks 0, k, 2k, ...)
 
     def accum_steps(self, world: int, prefix: str) -> int:
         """Micro-batches per optimizer step on `world` ranks: `grad_accum`, or derived from `global_batch_tokens`."""
@@ -298,6 +159,8 @@ class TrainConfig(_Section):
         _choice(f"{prefix}.schedule", self.schedule, ("cosine", "wsd", "constant"))
         _choice(f"{prefix}.on_nonfinite", self.on_nonfinite, ("halt", "skip"))
         _choice(f"{prefix}.final", self.final, ("best", "last"))
+        _choice(f"{prefix}.activation_checkpointing", self.activation_checkpointing, ("none", "full", "every_k"))
+        _at_least(f"{prefix}.activation_checkpointing_k", self.activation_checkpointing_k, 1)
         _at_least(f"{prefix}.early_stop_patience", self.early_stop_patience, 0)
         _choice(f"{prefix}.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _choice(f"{prefix}.compile", self.compile, ("auto", True, False))
@@ -441,33 +304,8 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: dict[str, Any] | None
     params = _build(Params, raw, "")
     params.validate()
     if os.environ.get(TRACE_ENV):
-        _start_trace(params)
+        start_trace(params)
     return params
-
-
-def _start_trace(params: Params) -> None:
-    """Record the keys read from now on (validation above read them all) and append them to the trace at exit."""
-    global _read_keys
-    import atexit
-    import sys
-
-    def mark(obj, path: str) -> None:
-        object.__setattr__(obj, "_path", path)
-        for f in dataclasses.fields(obj):
-            value = object.__getattribute__(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                mark(value, f"{path}.{f.name}")
-
-    for f in dataclasses.fields(params):
-        mark(getattr(params, f.name), f.name)
-    if _read_keys is None:
-        _read_keys = set()
-
-        def dump() -> None:
-            with open(os.environ[TRACE_ENV], "a") as fh:
-                fh.write(json.dumps({"argv": sys.argv, "keys": sorted(_read_keys)}) + "\n")
-
-        atexit.register(dump)
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -544,28 +382,6 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _choice(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        shown = ", ".join(str(a).lower() if isinstance(a, bool) else str(a) for a in allowed)
-        raise ParamsError(f"params.yaml: {key} must be one of {shown} (got {value!r})")
-
-
-def _at_least(key: str, value: Any, minimum: float) -> None:
-    if value < minimum:
-        raise ParamsError(f"params.yaml: {key} must be >= {minimum} (got {value})")
-
-
-def _auto_or_int(key: str, value: Any) -> None:
-    if value == "auto":
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ParamsError(f"params.yaml: {key} must be auto or an integer >= 1 (got {value!r})")
-
-
-def _round_up(x: int, multiple: int) -> int:
-    return (x + multiple - 1) // multiple * multiple
 
 
 def fingerprint(*parts: Any) -> str:
