@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llm_core.inference.engine import Engine, Request, run_batch
@@ -23,8 +24,13 @@ def _prompts(lengths, seed=1):
     return [torch.randint(0, 500, (n,), generator=g).tolist() for n in lengths]
 
 
-def test_batched_greedy_equals_one_at_a_time_with_mixed_lengths():
-    model = _model()
+@pytest.mark.parametrize("arch", [{}, dict(attention_type="mla", kv_lora_rank=16, qk_rope_head_dim=8,
+                                           qk_nope_head_dim=8, v_head_dim=16),
+                                   dict(layers=[{"attention_type": "mla", "kv_lora_rank": 16}, {"ffn": "moe"}],
+                                        n_experts=4, top_k=2, expert_hidden=32)],
+                         ids=["gqa", "mla", "mla-then-moe"])
+def test_batched_greedy_equals_one_at_a_time_with_mixed_lengths(arch):
+    model = _model(**arch)
     prompts = _prompts([1, 5, 17, 3, 30, 9, 2])
     alone = [generate(model, p, GREEDY)[0] for p in prompts]
     # 3 rows for 7 requests: later ones join the running batch as earlier ones leave it
