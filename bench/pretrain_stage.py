@@ -1,7 +1,8 @@
 """A short pretraining run through the real stages: tokens/s and MFU as `metrics/pretrain.json` reports them.
 
 The run happens in a scratch project folder: `params.yaml` is the committed one with the benchmark's overrides, and
-the commands are the ones `dvc.yaml` lists for `download_pretrain`, `train_tokenizer`, `tokenize` and `pretrain`,
+the commands are the ones `dvc.yaml` lists for `download_pretrain`, `download_hellaswag`, `train_tokenizer`, `tokenize`
+and `pretrain`,
 run in that order with the repository's code (no `dvc` process, so no `dvc.lock` or cache is touched). On CUDA the
 model is the `124m` preset on the built-in data (bf16 + torch.compile, as `precision: auto` / `compile: auto` pick);
 without CUDA a tiny model proves the command end to end.
@@ -35,7 +36,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("download_pretrain", "train_tokenizer", "tokenize", "pretrain")
+STAGES = ("download_pretrain", "download_hellaswag", "train_tokenizer", "tokenize", "pretrain")
 
 # num_docs: ~250 tokens per story, so 8000 stories hold ~2M tokens, more than 50 steps of 16 x 1024 read
 GPU = {

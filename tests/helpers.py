@@ -17,6 +17,23 @@ def tiny_model_config(vocab_size: int = 512, **overrides) -> ModelConfig:
     return ModelConfig(preset="tiny", **base).resolved(vocab_size)
 
 
+def die_at_batch(monkeypatch, n: int, exc: type[BaseException] = KeyboardInterrupt) -> None:
+    """The training loader raises `exc` when asked for its n-th batch: a run killed mid-way. `monkeypatch.undo()`
+    (or a new setattr) lets the next run through."""
+    from llm_core.data.loader import Loader
+
+    calls = {"n": 0}
+    original = Loader.next_batch
+
+    def dying(self):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise exc()
+        return original(self)
+
+    monkeypatch.setattr(Loader, "next_batch", dying)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # A copy of the repository for tests that run the real `dvc` on tiny params
 

@@ -51,12 +51,13 @@ def test_tiny_suite_runs_every_part_end_to_end(tmp_path):
     assert step["ours"]["tokens_per_sec"] > 0 and step["hf_llama"]["tokens_per_sec"] > 0 and step["ratio"] > 0
     assert res["train_step_triton"]["attention"] == "triton" and res["train_step_triton"]["ours"]["tokens_per_sec"] > 0
     decode = res["decode"]["results"]
-    assert [r["batch"] for r in decode] == [1, 32]
+    assert {1, 32} <= {r["batch"] for r in decode}
     assert all(r["ours_tokens_per_sec"] > 0 and r["hf_tokens_per_sec"] > 0 for r in decode)
     assert all(r["tokens_agree"] == 1.0 for r in decode)  # the same exported weights in fp32: the same tokens
     pre = res["pretrain_stage"]
     assert pre["steps"] == 10 and pre["tokens_per_sec"] > 0 and pre["steady_tokens_per_sec"] > 0
-    assert set(pre["stage_seconds"]) == {"download_pretrain", "train_tokenizer", "tokenize", "pretrain"}
+    assert set(pre["stage_seconds"]) == {"download_pretrain", "download_hellaswag", "train_tokenizer", "tokenize",
+                                        "pretrain"}
 
     # the versions and one table per section on stdout; every part's output in the log
     for text in ("torch 2.", "triton", "Attention, fp32 causal", "Training step: tiny", "Decoding: tiny",
@@ -138,7 +139,7 @@ def test_parts_past_the_budget_are_skipped_and_a_running_part_is_on_file(tmp_pat
     report = suite.run_steps(steps, out, {}, budget_s=4.0, env=dict(os.environ), echo=lambda *a, **k: None)
     parts = json.loads(out.read_text())["parts"]
     assert parts["probe"]["result"]["seen"]["status"] == "running"
-    assert parts["slow"]["status"] == "timeout" and parts["slow"]["limit_s"] < 4.0  # what was left of the budget
+    assert parts["slow"]["status"] == "timeout" and parts["slow"]["limit_s"] <= 4.0  # what was left of the budget, not its own 100 s
     assert parts["next"]["status"] == "skipped"
     assert "finished" in report
 

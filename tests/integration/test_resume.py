@@ -32,7 +32,7 @@ TINY = {
                  "compile": False, "threads": 1},
     "sft": {"seq_len": 64},
 }
-STAGE = ["-m", "stages.pretrain", "--tokens", "data/tokens", "--tokenizer", "models/tokenizer",
+STAGE = ["-m", "stages.pretrain", "--tokens", "data/tokens/pretrain", "--tokenizer", "models/tokenizer",
          "--raw", "data/raw/pretrain"]
 
 

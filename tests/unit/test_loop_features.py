@@ -10,22 +10,14 @@ import pytest
 import torch
 
 from llm_core.config import ParallelConfig, TrainConfig
-from llm_core.data.loader import IGNORE, Loader, StreamRows
+from llm_core.data.loader import IGNORE, StreamRows
 from llm_core.evaluation.metrics import TokenMetrics, loss_fn
 from llm_core.model.io import load_model, write_model
 from llm_core.model.transformer import Transformer
 from llm_core.training import checkpoint
 from llm_core.training.loop import Job, Trainer, train
-from tests.helpers import tiny_model_config
-
-rng = np.random.default_rng(0)
-STREAM = [((np.arange(20_000) * 7) % 97 + rng.integers(0, 3, 20_000)).astype(np.uint16)]
-VAL = [((np.arange(3_000) * 7) % 97).astype(np.uint16)]
-
-
-def job(tmp_path, name="run", **kw):
-    return Job(StreamRows(STREAM, 32), StreamRows(VAL, 32), tmp_path / name, tmp_path / f"{name}_live",
-               token_bytes=np.ones(512, dtype=np.int64), data_fingerprint="d", desc="pretrain", **kw)
+from tests.helpers import die_at_batch, tiny_model_config
+from tests.unit.test_train import STREAM, VAL, job  # the same learnable stream
 
 
 def cfg(**kw):
@@ -87,19 +79,10 @@ def test_fp16_scales_the_loss_and_resumes_exactly(tmp_path, monkeypatch):
     blob = torch.load(tmp_path / "ref/checkpoints/step_0000003/train_state.pt", weights_only=True)
     assert blob["scaler"]["scale"] > 1.0  # the scaler's state is part of the checkpoint
 
-    calls = {"n": 0}
-    original = Loader.next_batch
-
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Loader, "next_batch", dying)
+    die_at_batch(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_model_config(), c, ParallelConfig(), job(tmp_path, "killed"))
-    monkeypatch.setattr(Loader, "next_batch", original)
+    monkeypatch.undo()
     res = train(tiny_model_config(), c, ParallelConfig(), job(tmp_path, "killed"))
     assert res["train_loss"] == ref["train_loss"]
     assert sha(tmp_path / "ref/model.safetensors") == sha(tmp_path / "killed/model.safetensors")
@@ -135,19 +118,10 @@ def test_changed_starting_weights_start_a_fresh_run(tmp_path, monkeypatch, capsy
     torch.manual_seed(1)
     write_model(tmp_path / "init", Transformer(model_cfg))
     c = cfg(checkpoint_every=3, eval_every=100)
-    calls = {"n": 0}
-    original = Loader.next_batch
-
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Loader, "next_batch", dying)
+    die_at_batch(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         train(model_cfg, c, ParallelConfig(), job(tmp_path, "sft", init_from=tmp_path / "init"))
-    monkeypatch.setattr(Loader, "next_batch", original)
+    monkeypatch.undo()
     assert checkpoint.latest_checkpoint(tmp_path / "sft/checkpoints") is not None
     torch.manual_seed(2)
     write_model(tmp_path / "init", Transformer(model_cfg))  # the pretrained model changed meanwhile
