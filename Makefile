@@ -30,7 +30,7 @@ plots-template: install
 
 # experiments side by side on the figures people compare (params and metrics that differ between them)
 exps: install
-	$(RUN) $(BIN)/dvc exp show --only-changed --drop 'Created|State|Executor|dvclive.*|.*tokens_per_sec|mfu' $(EXPS_ARGS)
+	$(RUN) $(BIN)/dvc exp show --only-changed --drop 'Created|State|Executor|dvclive.*|models/.*|data/.*|.*tokens_per_sec|.*mfu|.*val_ppl|.*best_step' $(EXPS_ARGS)
 
 # talk to the trained model (after `make repro`): ARGS="--model models/pretrain", ARGS="--port 8080", ...
 chat: install
