@@ -27,6 +27,7 @@ import torch
 
 from llm_core.config import ModelConfig
 from llm_core.export_deepseek import deepseek_config, deepseek_state_dict, is_deepseek
+from llm_core.files import write_json
 from llm_core.model.io import load_model, write_model
 from llm_core.model.transformer import Transformer
 
@@ -113,7 +114,7 @@ def _write_tokenizer(tokenizer_dir: Path, out: Path, cfg: ModelConfig) -> tuple[
     shutil.copy(tokenizer_dir / "tokenizer.json", out / "tokenizer.json")
     config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
     config["model_max_length"] = cfg.max_seq_len  # longer inputs would run past the RoPE tables
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_json(out / "tokenizer_config.json", config)
     return tok.bos_id, tok.end_id
 
 
@@ -135,7 +136,7 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
             bos_id = tok_bos if bos_id is None else bos_id
             eos_id = tok_end if eos_id is None else eos_id
             hf = hf_config(model.cfg, bos_id, eos_id, dtype)
-        (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        write_json(tmp / "config.json", hf)
         sd = {k: v.to(dtype) for k, v in to_hf_state_dict(model).items()}
         safetensors.torch.save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         generation = {"bos_token_id": bos_id, "eos_token_id": eos_id}
@@ -143,7 +144,7 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
             # a chat turn ends at <|end|>; plain text ends where the next document's <|bos|> would start
             stops = [eos_id] + ([bos_id] if bos_id is not None and bos_id != eos_id else [])
             generation.update(eos_token_id=stops, pad_token_id=eos_id)
-        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        write_json(tmp / "generation_config.json", generation)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

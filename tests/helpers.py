@@ -17,6 +17,20 @@ def tiny_model_config(vocab_size: int = 512, **overrides) -> ModelConfig:
     return ModelConfig(preset="tiny", **base).resolved(vocab_size)
 
 
+def decode_in_pieces(model, x):
+    """Logits of x (B, 20) through a KV cache: a 7-token prefill, 8 one-token steps, then a 5-token chunk; they must
+    equal the full forward pass."""
+    import torch
+
+    from llm_core.model.transformer import KVCache
+
+    cache = KVCache.empty(model.cfg, x.shape[0], x.shape[1], "cpu", torch.float32)
+    pieces = [model(x[:, :7], cache)]  # prefill
+    pieces += [model(x[:, i:i + 1], cache) for i in range(7, 15)]  # one-token decode
+    pieces.append(model(x[:, 15:], cache))  # a chunk after decoding
+    return torch.cat(pieces, 1), cache
+
+
 def die_at_batch(monkeypatch, n: int, exc: type[BaseException] = KeyboardInterrupt) -> None:
     """The training loader raises `exc` when asked for its n-th batch: a run killed mid-way. `monkeypatch.undo()`
     (or a new setattr) lets the next run through."""

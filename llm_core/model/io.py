@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 
 from llm_core.config import ModelConfig
-from llm_core.files import write_json
+from llm_core.files import file_sha256, write_json
 from llm_core.model.transformer import Transformer
 
 WEIGHTS = "model.safetensors"
@@ -68,9 +68,5 @@ def load_model(directory: str | Path, attention: str | None = None) -> Transform
 
 def weights_hash(directory: str | Path) -> str:
     """Identity of a model folder's weights and config (what a fine-tune started from)."""
-    h = hashlib.sha256()
-    for name in (WEIGHTS, CONFIG):
-        with open(Path(directory) / name, "rb") as f:
-            while block := f.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()[:16]
+    digests = "".join(file_sha256(Path(directory) / name) for name in (WEIGHTS, CONFIG))
+    return hashlib.sha256(digests.encode()).hexdigest()[:16]

@@ -387,7 +387,8 @@ class Trainer:
             if self.peak:
                 result["mfu"] = (self.model_cfg.flops_per_token(self.cfg.seq_len) * result["tokens_per_sec"]
                                  / (self.peak * ctx.world))
-        weights = distributed.model_state(self.model, ctx)
+        # the best weights are already on disk; gathering the live ones (a collective under FSDP) is for `last` only
+        weights = None if use_best else distributed.model_state(self.model, ctx)
         if ctx.is_main:
             if use_best:
                 weights = load_model(self.best_dir).state_dict()

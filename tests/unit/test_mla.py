@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from llm_core.config import ParamsError
 from llm_core.model.mla import MLA
 from llm_core.model.transformer import KVCache, Transformer
-from tests.helpers import tiny_model_config
+from tests.helpers import decode_in_pieces, tiny_model_config
 
 MLA_KEYS = dict(attention_type="mla", kv_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=12)
 
@@ -19,11 +19,8 @@ def test_mla_cache_decoding_equals_full_forward(backend, q_lora_rank):
     assert all(isinstance(b.attn, MLA) for b in model.layers)
     x = torch.randint(0, 512, (2, 20))
     full = model(x)
-    cache = KVCache.empty(model.cfg, 2, 20, "cpu", torch.float32)
-    pieces = [model(x[:, :7], cache)]  # prefill
-    pieces += [model(x[:, i:i + 1], cache) for i in range(7, 15)]  # one-token decode
-    pieces.append(model(x[:, 15:], cache))  # a chunk after decoding
-    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+    cached, cache = decode_in_pieces(model, x)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
     # the cache holds the latent and the shared rotary key, not per-head keys and values
     latent, rope = cache.layers[0]
     assert latent.shape == (2, 20, 24) and rope.shape == (2, 20, 8)

@@ -6,8 +6,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from llm_core.config import PRESETS, ModelConfig
 from llm_core.inference.generate import SamplingParams, generate
-from llm_core.model.transformer import KVCache, Transformer, apply_rope, rope_tables
-from tests.helpers import tiny_model_config
+from llm_core.model.transformer import Transformer, apply_rope, rope_tables
+from tests.helpers import decode_in_pieces, tiny_model_config
 
 GPT2_VOCAB = 50257
 
@@ -63,11 +63,8 @@ def test_kv_cache_matches_full_forward(backend, kv):
     model = Transformer(tiny_model_config(n_kv_heads=kv, attention=backend)).eval()
     x = torch.randint(0, 512, (2, 20))
     full = model(x)
-    cache = KVCache.empty(model.cfg, 2, 20, "cpu", torch.float32)
-    pieces = [model(x[:, :7], cache)]  # prefill
-    pieces += [model(x[:, i:i + 1], cache) for i in range(7, 15)]  # one-token decode
-    pieces.append(model(x[:, 15:], cache))  # a chunk after decoding
-    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+    cached, cache = decode_in_pieces(model, x)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
 
 
 def test_too_long_sequence_is_a_clear_error():

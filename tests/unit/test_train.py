@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from llm_core.config import ParallelConfig, ParamsError, TrainConfig
-from llm_core.data.loader import Loader, StreamRows
+from llm_core.data.loader import StreamRows
 from llm_core.model.io import load_model
 from llm_core.training import checkpoint
 from llm_core.training.loop import Job, NonFiniteError, train
-from tests.helpers import tiny_model_config
+from tests.helpers import die_at_batch, tiny_model_config
 
 rng = np.random.default_rng(0)
 # a learnable stream: a repeating pattern with noise
@@ -52,19 +52,10 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch, optimize
     c = cfg(optimizer=optimizer)
     train(tiny_model_config(), c, ParallelConfig(), job(tmp_path, "ref"))
     # second run: dies on the 5th batch, after the step-3 checkpoint
-    calls = {"n": 0}
-    original = Loader.next_batch
-
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise Crash()
-        return original(self)
-
-    monkeypatch.setattr(Loader, "next_batch", dying)
+    die_at_batch(monkeypatch, 5, Crash)
     with pytest.raises(Crash):
         train(tiny_model_config(), c, ParallelConfig(), job(tmp_path, "killed"))
-    monkeypatch.setattr(Loader, "next_batch", original)
+    monkeypatch.undo()
     assert checkpoint.latest_checkpoint(tmp_path / "killed" / "checkpoints").name == "step_0000003"
     train(tiny_model_config(), c, ParallelConfig(), job(tmp_path, "killed"))
     a, b = final_weights(tmp_path / "ref"), final_weights(tmp_path / "killed")

@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from llm_core.config import ParallelConfig
-from llm_core.data.loader import Loader
 from llm_core.model.io import load_model, write_model
 from llm_core.model.transformer import Transformer
 from llm_core.training import checkpoint
 from llm_core.training.loop import train
-from tests.helpers import tiny_model_config
+from tests.helpers import die_at_batch, tiny_model_config
 from tests.unit.test_train import Crash, cfg, job
 
 MOE = dict(ffn="moe", n_experts=8, top_k=2, n_shared_experts=1, expert_hidden=32)
@@ -60,19 +59,10 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch, model_kw
     model_cfg = tiny_model_config(bias_update_rate=0.01, **model_kw)
     c = cfg(optimizer="muon", **train_kw)
     train(model_cfg, c, ParallelConfig(), job(tmp_path, "ref"))
-    calls = {"n": 0}
-    original = Loader.next_batch
-
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise Crash()
-        return original(self)
-
-    monkeypatch.setattr(Loader, "next_batch", dying)
+    die_at_batch(monkeypatch, 5, Crash)
     with pytest.raises(Crash):
         train(model_cfg, c, ParallelConfig(), job(tmp_path, "killed"))
-    monkeypatch.setattr(Loader, "next_batch", original)
+    monkeypatch.undo()
     ckpt = checkpoint.latest_checkpoint(tmp_path / "killed" / "checkpoints")
     assert ckpt.name == "step_0000003"
     if "ffn" in model_kw:  # the balancing bias is part of the checkpoint
