@@ -36,7 +36,7 @@ def main() -> None:
     every = params.eval.hellaswag_every if args.hellaswag else 0
     items = (list(sources.read_dataset(args.hellaswag, "val", "download_hellaswag"))[:params.eval.hellaswag_items]
              if every else None)
-    job = Job(train_rows, val_rows, Path(args.out), Path(args.live), token_bytes=tok.token_bytes(),
+    job = Job(train_rows, val_rows, Path(args.out), Path(args.live), token_bytes=tok.token_bytes(), bos_id=tok.bos_id,
               data_fingerprint=shards.data_fingerprint(manifest), desc="pretrain", hellaswag=items,
               hellaswag_every=every, tokenizer=tok)
     model_cfg = params.model.resolved(tok.vocab_size)

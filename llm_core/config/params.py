@@ -136,6 +136,7 @@ class TrainConfig(_Section):
     early_stop_patience: int = 0  # stop after this many validation passes without improvement (0 = never)
     activation_checkpointing: str = "none"  # recompute block activations in backward: none | full | every_k
     activation_checkpointing_k: int = 2  # every_k: recompute every k-th block (blocks 0, k, 2k, ...)
+    doc_mask: bool = True  # packed rows: a token attends only to its own document (each <|bos|> opens one)
 
     def accum_steps(self, world: int, prefix: str) -> int:
         """Micro-batches per optimizer step on `world` ranks: `grad_accum`, or derived from `global_batch_tokens`."""

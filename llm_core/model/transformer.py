@@ -176,9 +176,20 @@ class Transformer(nn.Module):
             getattr(self, f"rope_cos_{dim}").copy_(cos)
             getattr(self, f"rope_sin_{dim}").copy_(sin)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """idx: (B, T) token ids -> logits (B, T, V). With a cache, positions continue from cache.pos."""
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
+                docs: torch.Tensor | None = None) -> torch.Tensor:
+        """idx: (B, T) token ids -> logits (B, T, V). With a cache, positions continue from cache.pos.
+
+        docs: (B, T) document index of each position of packed rows (no cache): a token attends only to earlier
+        tokens of its own document, so every document is read as if it stood alone. RoPE scores depend on relative
+        positions only, so a document need not restart at position 0."""
         B, T = idx.shape
+        mask = None
+        if docs is not None:
+            if cache is not None:
+                raise ValueError("docs (a document mask for packed rows) works without a KV cache only")
+            same = docs[:, :, None] == docs[:, None, :]  # (B, T, T)
+            mask = (same & torch.ones(T, T, dtype=torch.bool, device=idx.device).tril())[:, None]  # (B, 1, T, T)
         if cache is not None and cache.lengths is not None:
             return self._forward_ragged(idx, cache)
         start = cache.pos if cache is not None else 0
@@ -189,7 +200,7 @@ class Transformer(nn.Module):
                 for dim in self.rope_dims}  # width -> (T, width) each
         x = self.tok_emb(idx)  # (B, T, C)
         for i, block in enumerate(self.layers):
-            x = block(x, rope, cache, i)
+            x = block(x, rope, cache, i, mask)
         if cache is not None:
             cache.pos += T
         return self.lm_head(self.norm(x))  # (B, T, V)

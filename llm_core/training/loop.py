@@ -76,6 +76,7 @@ class Job:
     hellaswag: list[dict] | None = None  # items scored during training (a curve), with `tokenizer`
     hellaswag_every: int = 0
     tokenizer: object = None
+    bos_id: int | None = None  # rows are packed documents, each opened by this token (the document mask's bounds)
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -205,7 +206,7 @@ class Trainer:
         # all-reduce / reduce-scatter gradients only on the last micro-batch of the step
         no_sync = sm.no_sync() if not sync and hasattr(sm, "no_sync") else contextlib.nullcontext()
         with no_sync, self.autocast:
-            loss_sum = loss_fn(sm(x), y, reduction="sum")
+            loss_sum = loss_fn(sm(x, docs=self.docs(x)), y, reduction="sum")
             objective = loss_sum * scale
             aux = self.model.take_aux_loss() if self.moe_layers else None
             if aux is not None:
@@ -213,6 +214,13 @@ class Trainer:
                 objective = objective + aux / self.accum
         self.scaler.scale(objective).backward()
         return loss_sum.detach()
+
+    def docs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Document index of every position of packed rows (each <|bos|> opens the next), for the model's document
+        mask; None when rows are not packed documents or `doc_mask` is off."""
+        if self.job.bos_id is None or not self.cfg.doc_mask:
+            return None
+        return (x == self.job.bos_id).cumsum(dim=1)
 
     def train_step(self) -> dict:
         """One optimizer step over `accum` micro-batches on every rank."""
@@ -284,7 +292,7 @@ class Trainer:
         with torch.no_grad(), self.autocast:
             for x, y in self.val_loader.eval_batches(self.cfg.eval_batches):
                 x, y = x.to(self.device), y.to(self.device)
-                metrics.add(self.step_model(x), y)
+                metrics.add(self.step_model(x, docs=self.docs(x)), y)
         distributed.all_reduce_sum(metrics.sums, self.ctx)
         self.step_model.train()
         return {f"val/{k}": v for k, v in metrics.result().items()}

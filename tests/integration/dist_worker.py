@@ -15,7 +15,7 @@ import numpy as np
 
 from llm_core import distributed
 from llm_core.config import ModelConfig, ParallelConfig, TrainConfig
-from llm_core.data.loader import StreamRows
+from llm_core.data.loader import DocRows
 from llm_core.training.loop import Job, train
 
 STEPS = 10
@@ -39,7 +39,7 @@ def job(out: Path, name: str) -> Job:
     rng = np.random.default_rng(0)
     stream = ((np.arange(8_000) * 5) % 113 + rng.integers(0, 5, 8_000)).astype(np.uint16)
     val = ((np.arange(1_000) * 5) % 113).astype(np.uint16)
-    return Job(StreamRows([stream], 16), StreamRows([val], 16), out / name, out / f"{name}_live",
+    return Job(DocRows([stream], 16), DocRows([val], 16), out / name, out / f"{name}_live",
                token_bytes=np.ones(128, dtype=np.int64), data_fingerprint="dist", desc="pretrain")
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_core.data.loader import IGNORE, Loader, PackedRows, StreamRows
+from llm_core.data.loader import IGNORE, DocRows, Loader, PackedRows
 
 
 def stream(n=10_000):
@@ -10,14 +10,14 @@ def stream(n=10_000):
 
 
 def test_windows_are_shifted_pairs():
-    rows = StreamRows(stream(), seq_len=16)
+    rows = DocRows(stream(), seq_len=16)
     x, y = rows.get(3)
     assert np.array_equal(x[1:], y[:-1]) and x[0] == 48
 
 
 @pytest.mark.parametrize("world", [1, 2])
 def test_resume_gives_exactly_the_next_batches(world):
-    rows = StreamRows(stream(), seq_len=16)
+    rows = DocRows(stream(), seq_len=16)
     for rank in range(world):
         ref = Loader(rows, 4, rank, world, seed=3)
         ref_batches = [ref.next_batch() for _ in range(48)]
@@ -32,7 +32,7 @@ def test_resume_gives_exactly_the_next_batches(world):
 
 
 def test_ranks_partition_the_global_batch_and_epochs_reshuffle():
-    rows = StreamRows(stream(2000), seq_len=16)  # 124 rows
+    rows = DocRows(stream(2000), seq_len=16)  # 125 rows (124 windows + the padded remainder)
     r0, r1 = Loader(rows, 4, 0, 2, seed=1), Loader(rows, 4, 1, 2, seed=1)
     seen = []
     for _ in range(15):
@@ -56,9 +56,9 @@ def test_packed_rows_keep_conversations_whole_and_mask_targets():
 
 def test_too_little_data_is_a_clear_error():
     with pytest.raises(ValueError, match="fewer than one sequence"):
-        StreamRows([np.arange(5, dtype=np.uint16)], seq_len=16)
+        DocRows([np.arange(5, dtype=np.uint16)], seq_len=16)
     with pytest.raises(ValueError, match="fewer than one global batch"):
-        Loader(StreamRows(stream(100), seq_len=16), 8)
+        Loader(DocRows(stream(100), seq_len=16), 8)
 
 
 def test_overlong_conversations_are_left_out_not_cut():
@@ -68,3 +68,43 @@ def test_overlong_conversations_are_left_out_not_cut():
     assert len(rows) == 1 and rows.skipped_too_long == 1
     with pytest.raises(ValueError, match="raise sft.seq_len"):
         PackedRows(tokens, mask, np.array([0, 12]), seq_len=4, pad_id=0)
+
+
+def docs_stream(lengths, bos=0, seed=0):
+    """Documents of the given lengths, each opened by `bos`, the rest random tokens."""
+    gen = np.random.default_rng(seed)
+    out = []
+    for n in lengths:
+        out += [bos] + list(gen.integers(1, 1000, size=n - 1))
+    return np.asarray(out, dtype=np.uint16)
+
+
+def test_doc_rows_keep_documents_whole_and_predict_every_token_once():
+    lengths = [5, 9, 3, 17, 2, 11, 8, 6, 40, 4]  # the 40-token document is longer than a row (seq_len 16 -> 17)
+    shard = docs_stream(lengths)
+    rows = DocRows([shard], seq_len=16, bos_id=0)
+    starts = np.cumsum([0] + lengths[:-1])
+    predicted = []  # stream position of every target
+    for i in range(len(rows)):
+        x, y = rows.get(i)
+        segments = rows.rows[i]
+        assert x.shape == y.shape == (16,)
+        pos = 0
+        for _, a, b in segments:
+            assert pos + b - a <= 17 and np.array_equal(x[pos:pos + b - a][:16 - pos], shard[a:b][:16 - pos])
+            # a short document is never cut: it opens its segment and ends with it
+            if b - a < 17:
+                assert a in starts or a > starts[8] and a < starts[8] + 40 and pos == 0  # a remainder opens its row
+                assert b in list(starts[1:]) + [len(shard)]
+            predicted += list(range(a + 1, b))
+            pos += b - a
+        assert np.all(y[pos - 1:] == IGNORE) and not np.any(y[:pos - 1] == IGNORE)  # only padding is not predicted
+    # every token but a document's opening <|bos|> is a target exactly once (long-document windows overlap by one)
+    assert sorted(predicted) == sorted(set(range(len(shard))) - set(starts.tolist()))
+
+
+def test_doc_rows_without_bos_are_consecutive_windows():
+    rows = DocRows(stream(100), seq_len=16)  # 6 windows, then the 4 tokens left in a padded row
+    assert len(rows) == 7 and rows.get(1)[0][0] == 16
+    x, y = rows.get(6)
+    assert x[:4].tolist() == [96, 97, 98, 99] and y[:3].tolist() == [97, 98, 99] and np.all(y[3:] == IGNORE)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llm_core.config import ParallelConfig, TrainConfig
-from llm_core.data.loader import IGNORE, StreamRows
+from llm_core.data.loader import IGNORE, DocRows
 from llm_core.evaluation.metrics import TokenMetrics, loss_fn
 from llm_core.model.io import load_model, write_model
 from llm_core.model.transformer import Transformer
@@ -174,13 +174,13 @@ def test_early_stop_ends_the_run_and_is_not_resumed(tmp_path, monkeypatch, capsy
 
 
 def test_epoch_count_is_announced_and_many_epochs_warn(tmp_path, capsys):
-    small = Job(StreamRows([STREAM[0][:2_000]], 32), StreamRows(VAL, 32), tmp_path / "r", None,
+    small = Job(DocRows([STREAM[0][:2_000]], 32), DocRows(VAL, 32), tmp_path / "r", None,
                 token_bytes=np.ones(512, dtype=np.int64), desc="pretrain")
     train(tiny_model_config(), cfg(steps=20, eval_every=100), ParallelConfig(), small)
     out = capsys.readouterr().out
-    assert "1.29 epochs of the training split (62 rows of 32)" in out and "warning" not in out  # 20 x 4 / 62
+    assert "1.27 epochs of the training split (63 rows of 32)" in out and "warning" not in out  # 20 x 4 / 63
     train(tiny_model_config(), cfg(steps=70, eval_every=100), ParallelConfig(), small)
-    assert "warning: the run repeats its training data 4.5 times" in capsys.readouterr().out
+    assert "warning: the run repeats its training data 4.4 times" in capsys.readouterr().out
 
 
 def test_an_overfitting_run_still_ends_on_its_best_model(tmp_path):
@@ -190,7 +190,7 @@ def test_an_overfitting_run_still_ends_on_its_best_model(tmp_path):
 
     gen = np.random.default_rng(1)
     words = gen.integers(1, 200, size=(2, 1_500)).astype(np.uint16)  # unrelated "text" for train and val
-    small = Job(StreamRows([words[0]], 32), StreamRows([words[1]], 32), tmp_path / "run", tmp_path / "live",
+    small = Job(DocRows([words[0]], 32), DocRows([words[1]], 32), tmp_path / "run", tmp_path / "live",
                 token_bytes=np.full(512, 4, dtype=np.int64), data_fingerprint="small", desc="pretrain")
     res = train(tiny_model_config(), cfg(steps=150, lr=1e-2, eval_every=10, warmup_steps=5, schedule="constant",
                                          checkpoint_every=1000), ParallelConfig(), small)
@@ -199,3 +199,34 @@ def test_an_overfitting_run_still_ends_on_its_best_model(tmp_path):
     assert curve[150] > min(curve.values()) + 0.02  # it did overfit: the last model is worse than the best
     assert res["final"] == "best" and res["val_bpb"] == pytest.approx(curve[res["best_step"]], rel=1e-6)
     assert res["val_bpb"] <= min(curve.values()) + 0.02
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the document mask of packed rows
+
+
+@pytest.mark.parametrize("doc_mask", [True, False])
+def test_training_and_validation_pass_the_document_mask(tmp_path, monkeypatch, doc_mask):
+    """With packed documents (a bos_id) the loop gives the model every position's document index, counted from the
+    row's <|bos|> tokens, in training and in validation; `doc_mask: false` leaves attention across the row."""
+    gen = np.random.default_rng(0)
+    docs = [np.concatenate([[0], gen.integers(1, 512, size=n - 1)]) for n in gen.integers(5, 30, size=400)]
+    train_rows = DocRows([np.concatenate(docs[:300]).astype(np.uint16)], 32, bos_id=0)
+    val_rows = DocRows([np.concatenate(docs[300:]).astype(np.uint16)], 32, bos_id=0)
+    seen = []
+    forward = Transformer.forward
+
+    def spy(model, idx, cache=None, docs=None):
+        if cache is None:
+            seen.append((idx.clone(), docs))
+        return forward(model, idx, cache, docs)
+
+    monkeypatch.setattr(Transformer, "forward", spy)
+    packed = Job(train_rows, val_rows, tmp_path / "r", None, token_bytes=np.ones(512, dtype=np.int64), bos_id=0)
+    train(tiny_model_config(), cfg(steps=4, eval_every=2, doc_mask=doc_mask), ParallelConfig(), packed)
+    assert len(seen) == 4 + 2 * 2  # 4 training forwards, 2 validation passes of 2 batches
+    for x, d in seen:
+        if doc_mask:
+            assert torch.equal(d, (x == 0).cumsum(1)) and int(d[:, -1].max()) >= 2  # rows hold several documents
+        else:
+            assert d is None

@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from llm_core.config import PRESETS, ModelConfig
 from llm_core.inference.generate import SamplingParams, generate
-from llm_core.model.transformer import Transformer, apply_rope, rope_tables
+from llm_core.model.transformer import KVCache, Transformer, apply_rope, rope_tables
 from tests.helpers import decode_in_pieces, tiny_model_config
 
 GPT2_VOCAB = 50257
@@ -55,6 +55,23 @@ def test_rope_is_a_rotation_with_relative_positions():
     assert torch.allclose(at(q, 5).norm(), q.norm(), atol=1e-5)
     # the score depends on the distance only
     assert torch.allclose((at(q, 7) * at(k, 3)).sum(), (at(q, 14) * at(k, 10)).sum(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(attention="sdpa"), dict(attention="naive"), dict(attention_type="mla")],
+                         ids=["sdpa", "naive", "mla"])
+def test_document_mask_reads_each_packed_document_alone(kw):
+    """A row packing three documents gives every document the logits it gets as a row of its own: no attention
+    crosses a document bound, and RoPE (relative positions) does not care where in the row a document starts."""
+    model = Transformer(tiny_model_config(**kw)).eval()
+    lengths = [7, 12, 5]
+    parts = [torch.randint(0, 512, (1, n)) for n in lengths]
+    docs = torch.cat([torch.full((1, n), i) for i, n in enumerate(lengths)], dim=1)
+    packed = model(torch.cat(parts, dim=1), docs=docs)
+    alone = torch.cat([model(p) for p in parts], dim=1)
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(model(torch.cat(parts, dim=1))[:, 7:], alone[:, 7:], atol=1e-3)  # unmasked: it leaks
+    with pytest.raises(ValueError, match="without a KV cache"):
+        model(parts[0], cache=KVCache.empty(model.cfg, 1, 16, "cpu", torch.float32), docs=docs[:, :7])
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "naive"])

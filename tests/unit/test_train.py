@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llm_core.config import ParallelConfig, ParamsError, TrainConfig
-from llm_core.data.loader import StreamRows
+from llm_core.data.loader import DocRows
 from llm_core.model.io import load_model
 from llm_core.training import checkpoint
 from llm_core.training.loop import Job, NonFiniteError, train
@@ -19,7 +19,7 @@ VAL = [((np.arange(3_000) * 7) % 97).astype(np.uint16)]
 
 
 def job(tmp_path, name="run", **kw):
-    return Job(StreamRows(STREAM, 32), StreamRows(VAL, 32), tmp_path / name, tmp_path / f"{name}_live",
+    return Job(DocRows(STREAM, 32), DocRows(VAL, 32), tmp_path / name, tmp_path / f"{name}_live",
                token_bytes=np.ones(512, dtype=np.int64), data_fingerprint="d", desc="pretrain", **kw)
 
 

@@ -47,7 +47,8 @@ def test_loss_free_balancing_evens_out_a_skewed_router(tmp_path):
     assert results[0.01]["moe_load_max_mean"] < 1.3, results[0.01]
     assert results[0.0]["moe_load_max_mean"] > 1.8, results[0.0]  # without the bias it stays skewed
     bias = load_model(tmp_path / "rate0.01").state_dict()["layers.0.ffn.router.expert_bias"]
-    assert bias[:2].mean() < 0 < bias[2:].max()  # the over-used experts were pushed down
+    # only differences between biases change the choice: the over-used experts ended below every other one
+    assert bias[:2].max() < bias[2:].min()
     assert results[0.01]["num_params_active"] < results[0.01]["num_params"]
 
 
