@@ -76,15 +76,21 @@ class DocRows(Rows):
         if sum(len(s) for s in shards) < row_len:
             raise ValueError(f"the token shards hold {sum(len(s) for s in shards)} tokens, fewer than one sequence of "
                              f"{row_len}; use more data or a smaller seq_len")
-        self.rows = rows
+        # kept as two arrays, not a list per row: a billion-token corpus is millions of rows
+        self.segments = np.asarray([seg for row in rows for seg in row], dtype=np.int64).reshape(-1, 3)
+        self.row_start = np.cumsum([0] + [len(row) for row in rows])
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.row_start) - 1
+
+    def row_segments(self, index: int) -> np.ndarray:
+        """(shard, start, end) of each document piece in row `index`, in order."""
+        return self.segments[self.row_start[index]:self.row_start[index + 1]]
 
     def get(self, index: int):
         row = np.full(self.seq_len + 1, self.pad_id, dtype=np.int64)
         pos = 0
-        for k, a, b in self.rows[index]:
+        for k, a, b in self.row_segments(index).tolist():
             row[pos:pos + b - a] = self.shards[k][a:b]
             pos += b - a
         y = row[1:].copy()

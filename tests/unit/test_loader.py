@@ -87,7 +87,7 @@ def test_doc_rows_keep_documents_whole_and_predict_every_token_once():
     predicted = []  # stream position of every target
     for i in range(len(rows)):
         x, y = rows.get(i)
-        segments = rows.rows[i]
+        segments = rows.row_segments(i).tolist()
         assert x.shape == y.shape == (16,)
         pos = 0
         for _, a, b in segments:
