@@ -33,6 +33,7 @@ def test_grouped_path_equals_the_loop_forward_and_backward():
 
 
 def test_bias_steers_the_choice_but_not_the_gate_weights():
+    torch.manual_seed(0)
     router = Router(d_model=8, n_experts=4, top_k=2, score_func="sigmoid")
     torch.nn.init.normal_(router.weight)
     x = torch.randn(50, 8)
@@ -42,6 +43,7 @@ def test_bias_steers_the_choice_but_not_the_gate_weights():
     expected = scores[:, 2:4] / scores[:, 2:4].sum(-1, keepdim=True)  # unbiased scores, renormalised
     torch.testing.assert_close(weights.gather(-1, idx.argsort(-1)), expected)
     soft = Router(d_model=8, n_experts=4, top_k=2, score_func="softmax")
+    torch.nn.init.normal_(soft.weight)  # a bare Router's weight is uninitialised memory (the model initialises it)
     w_soft, idx_soft, s_soft = soft(x)
     torch.testing.assert_close(w_soft, s_soft.gather(-1, idx_soft))  # softmax weights are used as they are
 
