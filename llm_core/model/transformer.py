@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llm_core.config import PRESETS, ModelConfig
-from llm_core.model.attention import attention
+from llm_core.model.attention import attention, causal_mask
 from llm_core.model.layers import FeedForward, RMSNorm, apply_rope, rope_tables
 from llm_core.model.mla import MLA
 from llm_core.model.moe import MoE
@@ -189,7 +189,7 @@ class Transformer(nn.Module):
             if cache is not None:
                 raise ValueError("docs (a document mask for packed rows) works without a KV cache only")
             same = docs[:, :, None] == docs[:, None, :]  # (B, T, T)
-            mask = (same & torch.ones(T, T, dtype=torch.bool, device=idx.device).tril())[:, None]  # (B, 1, T, T)
+            mask = (same & causal_mask(T, T, device=idx.device))[:, None]  # (B, 1, T, T)
         if cache is not None and cache.lengths is not None:
             return self._forward_ragged(idx, cache)
         start = cache.pos if cache is not None else 0
