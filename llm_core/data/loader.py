@@ -1,8 +1,9 @@
 """(rank, world)-aware batch loader with exact resume.
 
 Both datasets are seen as a list of fixed-length rows of `seq_len + 1` tokens (inputs and shifted targets):
-- pretraining: non-overlapping windows of the token stream (each window overlaps the next by the one target token);
-- SFT: whole conversations packed into rows (padding masked out), so an answer is never cut off from its question.
+- pretraining: whole documents packed into rows (`DocRows`; a document longer than a row is cut into windows);
+- SFT: whole conversations packed into rows (`PackedRows`), so an answer is never cut off from its question.
+Both pack first-fit (`FirstFit`) and keep each row as segments of the token arrays; padding is never predicted.
 Each epoch visits the rows in a fresh permutation drawn from (seed, epoch). A global batch takes the next
 `world * batch_size` rows of the permutation and rank r keeps its slice, so the order does not depend on how many
 ranks share the work. The state is just (epoch, cursor): a resumed loader continues with exactly the next batch.
@@ -30,7 +31,50 @@ class Rows:
         raise NotImplementedError
 
 
-class DocRows(Rows):
+class FirstFit:
+    """First-fit packing of pieces into rows of `row_len` tokens, over the WINDOW most recently opened rows: packing
+    stays linear-time and rows come out nearly full. `add` returns the rows it closes, oldest first; `close` the rest."""
+
+    WINDOW = 64
+
+    def __init__(self, row_len: int):
+        self.row_len = row_len
+        self.open: list[list] = []  # [room left, items] of rows still taking pieces
+
+    def add(self, length: int, item, join: bool = True) -> list[list]:
+        """Place a piece of `length` tokens; `join=False` opens a new row for it (later pieces may still join it)."""
+        for slot in self.open if join else ():
+            if slot[0] >= length:
+                break
+        else:
+            slot = [self.row_len, []]
+            self.open.append(slot)
+        slot[0] -= length
+        slot[1].append(item)
+        return [self.open.pop(0)[1]] if len(self.open) > self.WINDOW else []
+
+    def close(self) -> list[list]:
+        rows, self.open = [items for _, items in self.open], []
+        return rows
+
+
+class SegmentRows(Rows):
+    """Rows stored as segments of the source arrays, one flat array for all rows (not a list per row: a
+    billion-token corpus is millions of rows)."""
+
+    def _store(self, rows: list[list[tuple]], width: int) -> None:
+        self.segments = np.asarray([seg for row in rows for seg in row], dtype=np.int64).reshape(-1, width)
+        self.row_start = np.cumsum([0] + [len(row) for row in rows])
+
+    def __len__(self) -> int:
+        return len(self.row_start) - 1
+
+    def row_segments(self, index: int) -> np.ndarray:
+        """The segments of row `index`, in order."""
+        return self.segments[self.row_start[index]:self.row_start[index + 1]]
+
+
+class DocRows(SegmentRows):
     """Rows cut from token shards so that every predicted token sees its document from the start.
 
     The pretraining shards open every document with `bos_id`. A document of at most seq_len + 1 tokens lies whole in
@@ -39,16 +83,17 @@ class DocRows(Rows):
     that later documents may fill. Cutting the stream into fixed windows instead starts most rows in the middle of
     a document: names and facts introduced before the cut cannot be predicted there, so training sees noise and
     validation bpb stays above the entropy of the text. Without `bos_id` each shard is one document: plain
-    consecutive windows.
+    consecutive windows. A segment is (shard, start, end).
     """
-
-    WINDOW = 64  # open rows first-fit looks at: packing stays linear-time and nearly full
 
     def __init__(self, shards: list[np.ndarray], seq_len: int, bos_id: int | None = None):
         self.shards, self.seq_len, self.pad_id = shards, seq_len, 0 if bos_id is None else bos_id
         row_len = seq_len + 1
-        rows: list[list[tuple[int, int, int]]] = []  # (shard, start, end) segments of each row
-        open_rows: list[list] = []  # [room left, segments] of rows still taking documents
+        if sum(len(s) for s in shards) < row_len:
+            raise ValueError(f"the token shards hold {sum(len(s) for s in shards)} tokens, fewer than one sequence of "
+                             f"{row_len}; use more data or a smaller seq_len")
+        rows: list[list[tuple[int, int, int]]] = []
+        packer = FirstFit(row_len)
         for k, shard in enumerate(shards):
             starts = [0] if bos_id is None else np.flatnonzero(np.asarray(shard) == bos_id).tolist()
             if not starts or starts[0] != 0:
@@ -58,34 +103,11 @@ class DocRows(Rows):
                 while b - a >= row_len:
                     rows.append([(k, a, a + row_len)])
                     a += seq_len
-                if b - a < 2:  # nothing left to predict
-                    continue
-                # a long document's remainder has no <|bos|> of its own: it opens a row, so that it never shares a
-                # document (and, with the training loop's document mask, an attention span) with the one before
-                for slot in open_rows if a == starts_at else ():
-                    if slot[0] >= b - a:
-                        break
-                else:
-                    slot = [row_len, []]
-                    open_rows.append(slot)
-                slot[0] -= b - a
-                slot[1].append((k, a, b))
-                if len(open_rows) > self.WINDOW:
-                    rows.append(open_rows.pop(0)[1])
-        rows += [segments for _, segments in open_rows]
-        if sum(len(s) for s in shards) < row_len:
-            raise ValueError(f"the token shards hold {sum(len(s) for s in shards)} tokens, fewer than one sequence of "
-                             f"{row_len}; use more data or a smaller seq_len")
-        # kept as two arrays, not a list per row: a billion-token corpus is millions of rows
-        self.segments = np.asarray([seg for row in rows for seg in row], dtype=np.int64).reshape(-1, 3)
-        self.row_start = np.cumsum([0] + [len(row) for row in rows])
-
-    def __len__(self) -> int:
-        return len(self.row_start) - 1
-
-    def row_segments(self, index: int) -> np.ndarray:
-        """(shard, start, end) of each document piece in row `index`, in order."""
-        return self.segments[self.row_start[index]:self.row_start[index + 1]]
+                if b - a >= 2:  # something left to predict
+                    # a long document's remainder has no <|bos|> of its own: it opens a row, so that it never shares
+                    # a document (and, with the training loop's document mask, an attention span) with the one before
+                    rows += packer.add(b - a, (k, a, b), join=a == starts_at)
+        self._store(rows + packer.close(), 3)
 
     def get(self, index: int):
         row = np.full(self.seq_len + 1, self.pad_id, dtype=np.int64)
@@ -98,53 +120,39 @@ class DocRows(Rows):
         return row[:-1], y
 
 
-class PackedRows(Rows):
-    """Conversations packed first-fit into rows of seq_len + 1 tokens; the rest of a row is masked padding."""
+class PackedRows(SegmentRows):
+    """Conversations packed first-fit into rows of seq_len + 1 tokens; the rest of a row is masked padding. A segment
+    is (start, end) of one conversation in `tokens` / `mask`."""
 
     def __init__(self, tokens: np.ndarray, mask: np.ndarray, offsets: np.ndarray, seq_len: int, pad_id: int):
+        self.tokens, self.mask, self.seq_len, self.pad_id = tokens, mask, seq_len, pad_id
         row_len = seq_len + 1
-        self.x: list | np.ndarray = []
-        self.y: list | np.ndarray = []
-        rows_t: list[list[int]] = []
-        rows_m: list[list[int]] = []
+        rows: list[list[tuple[int, int]]] = []
+        packer = FirstFit(row_len)
         self.skipped_too_long = 0
-        for a, b in zip(offsets[:-1], offsets[1:]):
+        for a, b in zip(np.asarray(offsets[:-1]).tolist(), np.asarray(offsets[1:]).tolist()):
             if b - a > row_len:  # cutting a chat would separate answers from their questions: leave it out
                 self.skipped_too_long += 1
                 continue
-            t = [int(x) for x in tokens[a:b]]
-            m = [int(x) for x in mask[a:b]]
-            for rt, rm in zip(rows_t, rows_m):
-                if len(rt) + len(t) <= row_len:
-                    rt.extend(t)
-                    rm.extend(m)
-                    break
-            else:
-                rows_t.append(t)
-                rows_m.append(m)
-            if len(rows_t) > 64:  # first-fit over a bounded window keeps packing linear-time
-                self._finish(rows_t.pop(0), rows_m.pop(0), row_len, pad_id)
-        for rt, rm in zip(rows_t, rows_m):
-            self._finish(rt, rm, row_len, pad_id)
-        if not self.x:
+            rows += packer.add(b - a, (a, b))
+        rows += packer.close()
+        if not rows:
             raise ValueError(f"no SFT conversation fits in seq_len + 1 = {row_len} tokens ({self.skipped_too_long} "
                              "too long); raise sft.seq_len (and model.max_seq_len) or use shorter chats")
         if self.skipped_too_long:
             log.warning("%d conversations longer than %d tokens left out", self.skipped_too_long, row_len)
-        self.x, self.y = np.stack(self.x), np.stack(self.y)
-
-    def _finish(self, t, m, row_len, pad_id):
-        t = np.asarray(t + [pad_id] * (row_len - len(t)), dtype=np.int64)
-        m = np.asarray(m + [0] * (row_len - len(m)), dtype=bool)
-        y = np.where(m[1:], t[1:], IGNORE)  # the mask marks tokens to predict, i.e. targets
-        self.x.append(t[:-1])
-        self.y.append(y)
-
-    def __len__(self) -> int:
-        return len(self.x)
+        self._store(rows, 2)
 
     def get(self, index: int):
-        return self.x[index], self.y[index]
+        row_len = self.seq_len + 1
+        t = np.full(row_len, self.pad_id, dtype=np.int64)
+        m = np.zeros(row_len, dtype=bool)
+        pos = 0
+        for a, b in self.row_segments(index).tolist():
+            t[pos:pos + b - a] = self.tokens[a:b]
+            m[pos:pos + b - a] = self.mask[a:b]
+            pos += b - a
+        return t[:-1], np.where(m[1:], t[1:], IGNORE)  # the mask marks tokens to predict, i.e. targets
 
 
 class Loader:

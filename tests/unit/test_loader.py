@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_core.data.loader import IGNORE, DocRows, Loader, PackedRows
+from llm_core.data.loader import IGNORE, DocRows, FirstFit, Loader, PackedRows
 
 
 def stream(n=10_000):
@@ -108,3 +108,22 @@ def test_doc_rows_without_bos_are_consecutive_windows():
     assert len(rows) == 7 and rows.get(1)[0][0] == 16
     x, y = rows.get(6)
     assert x[:4].tolist() == [96, 97, 98, 99] and y[:3].tolist() == [97, 98, 99] and np.all(y[3:] == IGNORE)
+
+
+def test_first_fit_fills_the_first_open_row_with_room_and_closes_the_oldest(monkeypatch):
+    monkeypatch.setattr(FirstFit, "WINDOW", 2)
+    packer = FirstFit(10)
+    closed = [packer.add(6, "a"), packer.add(5, "b"), packer.add(4, "c")]  # c fits after a; b waits in row 2
+    closed.append(packer.add(3, "d", join=False))  # opens row 3: three open rows, so row 1 (a, c) closes
+    closed.append(packer.add(2, "e"))  # row 1 is closed, so e joins row 2
+    assert closed == [[], [], [], [["a", "c"]], []]
+    assert packer.close() == [["b", "e"], ["d"]] and packer.close() == []
+
+
+def test_packed_rows_fill_rows_first_fit():
+    tokens = np.arange(1, 13, dtype=np.uint16)  # conversations of 6, 5 and 1 tokens
+    mask = np.ones(12, dtype=np.uint8)
+    rows = PackedRows(tokens, mask, np.array([0, 6, 11, 12]), seq_len=6, pad_id=0)
+    assert [r.tolist() for r in (rows.row_segments(0), rows.row_segments(1))] == [[[0, 6], [11, 12]], [[6, 11]]]
+    x, y = rows.get(1)
+    assert x.tolist() == [7, 8, 9, 10, 11, 0] and y.tolist() == [8, 9, 10, 11, IGNORE, IGNORE]
