@@ -33,7 +33,8 @@ class Rows:
 
 class FirstFit:
     """First-fit packing of pieces into rows of `row_len` tokens, over the WINDOW most recently opened rows: packing
-    stays linear-time and rows come out nearly full. `add` returns the rows it closes, oldest first; `close` the rest."""
+    stays linear-time and rows come out nearly full. `add` returns the rows it closes, oldest first; `close` returns
+    the rest."""
 
     WINDOW = 64
 
