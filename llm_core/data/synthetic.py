@@ -26,6 +26,13 @@ OBJECTS = ("ball", "kite", "hat", "car", "boat", "doll", "drum", "bike", "book",
 ANIMALS = ("dog", "cat", "bunny", "bird", "fish", "frog", "duck", "hamster", "turtle", "pony", "mouse", "owl", "lamb",
            "goat", "parrot")
 PLACES = ("park", "beach", "forest", "garden", "farm", "lake", "zoo", "market", "hill", "river")
+# Each place has its own word, said before it every time ("the sandy beach"). It is derived from the place, so it costs
+# no bits. Without it the tiny default model never learned to copy the place from the context, though its attention
+# found the earlier mention: nothing but copying told one place from another (the other entities have a/an in front,
+# a pronoun that follows or a word they always precede), so the model predicted all ten alike and their tied
+# embeddings collapsed onto one direction (mean cosine 0.96 between places, 0.33 between pet species), leaving the
+# copied value nothing to say. The epithet predicts its place, which keeps the ten apart. bench/RESULTS.md has the runs.
+EPITHETS = dict(zip(PLACES, ("grassy", "sandy", "dark", "quiet", "muddy", "deep", "busy", "noisy", "steep", "wide")))
 # Words that fill one-off slots. They are kept disjoint from the entity lists above so that an entity word in a story
 # is always a fact about that story, never filler.
 KINDS = ("little", "kind", "happy", "curious", "brave", "shy", "smart", "sweet")
@@ -50,7 +57,7 @@ _FREE_SETS = {k: frozenset(v) for k, v in _FREE.items()}
 _GENDER = {**{n: 0 for n in GIRL_NAMES}, **{n: 1 for n in BOY_NAMES}}
 _PRONOUNS = {"He": ("She", "He"), "he": ("she", "he"), "His": ("Her", "His"), "his": ("her", "his"),
              "him": ("her", "him"), "girl": ("girl", "boy")}
-_DERIVED = frozenset(_PRONOUNS) | {"a"}
+_DERIVED = frozenset(_PRONOUNS) | {"a", "pl"}
 _FRIENDS = {n: tuple(m for m in NAMES if m != n) for n in NAMES}
 _SLOT_RE = re.compile(r"\{(\w+)\}")
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
@@ -66,13 +73,23 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiouAEIOU" else "a"
 
 
+def _derived(name: str, next_word: str, hero: str) -> str | None:
+    """A derived word (no choice of its own): a/an from the next word, a place's epithet from the place after it, or a
+    pronoun from the hero's gender. None where the next word is no place (the parser then rejects the match)."""
+    if name == "a":
+        return _article(next_word)
+    if name == "pl":
+        return EPITHETS.get(next_word)
+    return _PRONOUNS[name][_GENDER[hero]]
+
+
 def _entity_options(name: str, state: dict) -> tuple[str, ...]:
     return _FRIENDS[state["Name"]] if name == "friend" else _ENTITIES[name]
 
 
 class _Template:
     """One sentence with `{slot}`s: entities (fixed per story), free words (fresh each use) or derived words
-    (pronouns from the hero's gender, `{a}` = a/an from the next word)."""
+    (pronouns from the hero's gender, `{a}` = a/an from the next word, `{pl}` = the epithet of the place after it)."""
 
     __slots__ = ("text", "pieces", "slots", "derived", "tokens", "needs", "forbids")
 
@@ -90,7 +107,7 @@ class _Template:
                 assert piece in _DERIVED or piece in _FREE or piece in _ENTITIES, piece
                 # A slot glued to a word character would merge with it into one token and break parsing.
                 assert not self.pieces[i - 1][-1:].isalnum() and not self.pieces[i + 1][:1].isalnum(), text
-                if piece == "a":
+                if piece in ("a", "pl"):
                     assert self.pieces[i + 1] == " " and i + 2 < len(self.pieces), text
                 self.tokens.append((True, piece))
             else:
@@ -137,27 +154,27 @@ INTRO_PET = _templates(
 )
 # Most body sentences repeat a fact, so "copy the attribute from the context" is the main skill the corpus teaches.
 BODY = _templates(
-    "One day, {Name} and {pet} went to the {place}.",
-    "{Name} took {his} {color} {object} to the {place}.",
-    ("At the {place}, {Name} saw {a} {adj} {thing}.", ("place",)),
+    "One day, {Name} and {pet} went to the {pl} {place}.",
+    "{Name} took {his} {color} {object} to the {pl} {place}.",
+    ("At the {pl} {place}, {Name} saw {a} {adj} {thing}.", ("place",)),
     "{pet} the {animal} liked the {color} {object} too.",
     "{Name} threw the {color} {object} and {pet} ran after it.",
     "{He} played with {his} {color} {object} all {daypart}.",
     "{pet} sat next to {Name} and looked at the {adj} {thing}.",
-    ("It was {a} {weather} day at the {place}.", ("place",)),
+    ("It was {a} {weather} day at the {pl} {place}.", ("place",)),
     ("{Name} met a friend named {friend}.", (), ("friend",)),
     ('{friend} asked, "Can I play with your {color} {object}?"', ("friend",)),
     ("{Name} let {friend} play with the {color} {object}.", ("friend",)),
     ("{friend} liked {pet} the {animal} very much.", ("friend",)),
-    ("{Name}, {friend} and {pet} played together at the {place}.", ("friend", "place")),
+    ("{Name}, {friend} and {pet} played together at the {pl} {place}.", ("friend", "place")),
     "{time}, {pet} found the {color} {object} under {a} {adj} {thing}.",
     "{Name} gave {pet} a big hug.",
-    ("They ate {food} at the {place}.", ("place",)),
+    ("They ate {food} at the {pl} {place}.", ("place",)),
     '{Name} said, "I love my {color} {object}, {pet}!"',
     "{pet} the {animal} was very {feel}.",
     "{He} put the {color} {object} next to {a} {adj} {thing}.",
     ("{Name} showed the {color} {object} to {friend}.", ("friend",)),
-    "{time}, {Name} and {pet} ran to the {place} together.",
+    "{time}, {Name} and {pet} ran to the {pl} {place} together.",
     "{time}, {Name} drew a picture of {pet} the {animal}.",
     "{Name} wanted to show {pet} {a} {adj} {thing}.",
     "{time}, the wind blew the {color} {object} up into the sky.",
@@ -168,11 +185,11 @@ BODY = _templates(
     "{pet} the {animal} {move} around {Name}.",
     "{Name} felt {feel} when {he} saw the {color} {object}.",
     "{Name} shared some {food} with {pet}.",
-    ("{Name} and {pet} sat under {a} {adj} {thing} at the {place}.", ("place",)),
+    ("{Name} and {pet} sat under {a} {adj} {thing} at the {pl} {place}.", ("place",)),
 )
 CLOSINGS = _templates(
     "At the end of the day, {Name} went home with {pet} and {his} {color} {object}.",
-    ("When the sun went down, {Name} and {pet} walked home from the {place}.", ("place",)),
+    ("When the sun went down, {Name} and {pet} walked home from the {pl} {place}.", ("place",)),
     "That night, {Name} put {his} {color} {object} next to {his} bed.",
     "In the evening, {pet} the {animal} fell asleep next to {Name}.",
 )
@@ -187,14 +204,15 @@ ENDINGS = _templates(
 CHOICE_POINTS = (OPENINGS, INTRO_OBJECT + INTRO_PET, BODY + CLOSINGS, ENDINGS)
 
 # Why the reported entropy is exact: a story is produced by the choice sequence (opening template, its slot values,
-# which intro comes first, ..., body length k, ...) and log2 of each choice's probability is summed as it is made.
-# The sum equals -log2 p(text) only if no two choice sequences render the same text. That holds by construction:
-# at every choice point the competing templates differ in a literal word or in a slot whose word lists are disjoint
+# which intro comes first, ..., body length k, ...) and log2 of each choice's probability is summed as it is made. The
+# sum equals -log2 p(text) only if no two choice sequences render the same text. That holds by construction: at every
+# choice point the competing templates differ in a literal word or in a slot whose word lists are disjoint
 # (CHOICE_POINTS, checked in the tests); every slot renders one whole word from a list of distinct words; derived words
-# (pronouns, a/an) are functions of earlier choices and cost nothing; an entity costs bits only when first shown, and
-# every entity that is drawn is shown (the hero's name is in every opening, so gender alone is never revealed); k is
-# visible as the number of body sentences, and body and closing templates are disjoint, so the end of a story is
-# determined too. `_parse_story` recovers the choices from the text alone and recomputes the same bits.
+# (pronouns, a/an, a place's epithet) are functions of choices made in the same sentence or before and cost nothing; an
+# entity costs bits only when first shown, and every entity that is drawn is shown (the hero's name is in every opening,
+# so gender alone is never revealed); k is visible as the number of body sentences, and body and closing templates are
+# disjoint, so the end of a story is determined too. `_parse_story` recovers the choices from the text alone and
+# recomputes the same bits.
 
 
 class _Story:
@@ -233,7 +251,7 @@ def _emit(story: _Story, rng: random.Random, candidates: list[_Template] | tuple
             bits += _LOG2[len(options)]
         out[i] = value
     for i, name in tpl.derived:
-        out[i] = _article(out[i + 2]) if name == "a" else _PRONOUNS[name][_GENDER[state["Name"]]]
+        out[i] = _derived(name, out[i + 2] if i + 2 < len(out) else "", state["Name"])
     story.sentences.append("".join(out))
     story.parts.append(out)
     story.templates.append(tpl)
@@ -290,7 +308,7 @@ def _match(tpl: _Template, tokens: list[str], pos: int, state: dict) -> tuple[di
     hero = state.get("Name", bound.get("Name"))
     for j, (is_slot, want) in enumerate(tpl.tokens):
         if is_slot and want in _DERIVED:
-            expected = _article(tokens[pos + j + 1]) if want == "a" else _PRONOUNS[want][_GENDER[hero]]
+            expected = _derived(want, tokens[pos + j + 1] if pos + j + 1 < len(tokens) else "", hero)
             if tokens[pos + j] != expected:
                 return None
     return bound, bits
@@ -381,7 +399,7 @@ _QUESTIONS = {
                "{Name} had {a_color} {color} {object}."),
     "pet": (("Name", "animal", "pet"), "What was the name of {Name}'s {animal}?", "The {animal} was named {pet}."),
     "animal": (("pet", "animal"), "What kind of animal was {pet}?", "{pet} was {a_animal} {animal}."),
-    "place": (("Name", "place"), "Where did {Name} go?", "{Name} went to the {place}."),
+    "place": (("Name", "place"), "Where did {Name} go?", "{Name} went to the {pl} {place}."),
     "friend": (("Name", "friend"), "Who was {Name}'s friend?", "{Name}'s friend was {friend}."),
     "hero": (("Name",), "What was the name of the {girl} in the story?", "The {girl} in the story was named {Name}."),
 }
@@ -392,6 +410,7 @@ def _fields(state: dict) -> dict:
     fields["girl"] = _PRONOUNS["girl"][_GENDER[state["Name"]]]
     fields["a_color"] = _article(state.get("color", "x"))
     fields["a_animal"] = _article(state.get("animal", "x"))
+    fields["pl"] = EPITHETS.get(state.get("place"))
     return fields
 
 
@@ -400,7 +419,12 @@ def _story_questions(rng: random.Random) -> list[dict]:
     fields = _fields(story.state)
     kinds = [k for k, (needs, _, _) in _QUESTIONS.items() if all(n in story.state for n in needs)]
     messages = []
-    for turn, kind in enumerate(rng.sample(kinds, rng.randint(1, 3))):
+    chosen = rng.sample(kinds, rng.randint(1, 3))
+    # A friend is in a third of the stories and comes back about once in those: the pretrained model copies it least
+    # reliably, so a chat about a story with a friend always asks about the friend too.
+    if "friend" in kinds and "friend" not in chosen:
+        chosen[rng.randrange(len(chosen))] = "friend"
+    for turn, kind in enumerate(chosen):
         _, question, answer = _QUESTIONS[kind]
         question = question.format(**fields)
         if turn == 0:
@@ -533,6 +557,8 @@ def _hellaswag_item(rng: random.Random, ind: int, seed: int) -> dict:
             continue
         kind = rng.choice(sorted(by_kind))
         j, i = rng.choice(by_kind[kind])
+        if i >= 2 and story.templates[j].pieces[i - 2] == "pl":
+            i -= 2  # cut before the place's epithet, which would name the place
         parts = story.parts[j]
         ctx_a = " ".join(story.sentences[:j])
         ctx_b = "".join(parts[:i]).strip()
@@ -554,8 +580,8 @@ def _hellaswag_item(rng: random.Random, ind: int, seed: int) -> dict:
             if p >= i and name == kind:
                 out[p] = value
         for p, name in story.templates[j].derived:
-            if p > i and name == "a":
-                out[p] = _article(out[p + 2])
+            if p >= i and name in ("a", "pl"):
+                out[p] = _derived(name, out[p + 2], story.state["Name"])
         endings.append("".join(out[i:]))
     label = rng.randrange(4)
     endings.insert(label, "".join(parts[i:]))

@@ -29,12 +29,14 @@ def _facts(story: str) -> dict:
     pairs = set(re.findall(rf"\b({_C}) ({_O})\b", story))
     pets = set(re.findall(rf"\b({_A}) (?:named|called) (\w+)\b", story))
     pets |= {(a, p) for p, a in re.findall(rf"\b([A-Z]\w+) the ({_A})\b", story)}
-    places = set(re.findall(rf"\bthe ({_P})\b", story))
+    places = set(re.findall(rf"\bthe (\w+) ({_P})\b", story))  # (epithet, place)
     friends = set(re.findall(r"friend named (\w+)", story))
     assert len(pairs) == 1 and len(pets) == 1 and len(places) <= 1 and len(friends) <= 1, story
     (facts["color"], facts["object"]), = pairs
     (facts["animal"], facts["pet"]), = pets
-    facts["place"] = next(iter(places), None)
+    facts["epithet"], facts["place"] = next(iter(places), (None, None))
+    assert facts["place"] is None or syn.EPITHETS[facts["place"]] == facts["epithet"], story
+    assert len(re.findall(rf"\b({_P})\b", story)) == len(re.findall(rf"\bthe \w+ ({_P})\b", story)), story
     facts["friend"] = next(iter(friends), None)
     assert facts["pet"] in syn.PET_NAMES and facts["hero"] in syn.NAMES and facts["friend"] != facts["hero"]
     return facts
@@ -115,6 +117,8 @@ def test_no_two_templates_can_render_alike() -> None:
             return {name}
         if name == "a":
             return {"a", "an"}
+        if name == "pl":
+            return set(syn.EPITHETS.values())
         return set(syn._PRONOUNS.get(name) or syn._FREE.get(name) or syn._ENTITIES[name])
 
     for group in syn.CHOICE_POINTS:
@@ -124,6 +128,10 @@ def test_no_two_templates_can_render_alike() -> None:
         assert len(set(options)) == len(options) and all(re.fullmatch(r"[A-Za-z]+", w) for w in options)
     # Filler words never look like facts (HellaSwag wrong endings rely on entity words meaning one thing).
     assert not set().union(*syn._ENTITIES.values()) & set().union(*syn._FREE.values())
+    # A place's epithet names it and nothing else.
+    epithets = set(syn.EPITHETS.values())
+    assert len(epithets) == len(syn.PLACES) and set(syn.EPITHETS) == set(syn.PLACES)
+    assert not epithets & set().union(*syn._ENTITIES.values(), *syn._FREE.values())
 
 
 def test_bits_recovered_from_text_alone(stories: list[syn._Story]) -> None:
@@ -171,7 +179,7 @@ def _check_answer(question: str, answer: str, facts: dict) -> None:
         r"What (\w+) thing did (\w+) have\?": f"{facts['hero']} had {a_color} {facts['color']} {facts['object']}.",
         r"What was the name of (\w+)'s (\w+)\?": f"The {facts['animal']} was named {facts['pet']}.",
         r"What kind of animal was (\w+)\?": f"{facts['pet']} was {a_animal} {facts['animal']}.",
-        r"Where did (\w+) go\?": f"{facts['hero']} went to the {facts['place']}.",
+        r"Where did (\w+) go\?": f"{facts['hero']} went to the {facts['epithet']} {facts['place']}.",
         r"Who was (\w+)'s friend\?": f"{facts['hero']}'s friend was {facts['friend']}.",
         r"What was the name of the (girl|boy) in the story\?": "The {} in the story was named " + facts["hero"] + ".",
     }
@@ -199,6 +207,8 @@ def test_chats_schema_and_correct_answers() -> None:
             facts = _facts(story)
             for question, answer in zip(turns[::2], turns[1::2]):
                 _check_answer(question.split("\n\n")[-1], answer, facts)
+            if facts["friend"]:  # the rarest fact is always asked about
+                assert any("friend?" in question for question in turns[::2]), turns
             kinds["qa"] += 1
         elif m := re.fullmatch(r"My (\w+) is called (\w+)\. What is my \1 called\?", first):
             assert turns[1] == f"Your {m[1]} is called {m[2]}."
@@ -253,6 +263,17 @@ def test_hellaswag_wrong_endings_contradict_context() -> None:
             for r, w in diff:
                 # The right word is a fact stated recently in ctx; the wrong one is nowhere in ctx.
                 assert r in ctx_words[-100:] and w not in ctx_words, (r, w, item)
+
+
+def test_hellaswag_place_items_cut_before_the_epithet() -> None:
+    # The epithet names its place: ctx must stop before it, so that choosing the ending means copying from ctx.
+    items = [i for i in syn.generate_hellaswag(2, 400) if i["activity_label"] == "Story: place"]
+    assert len(items) >= 20
+    for item in items:
+        assert not item["ctx"].endswith(tuple(syn.EPITHETS.values())), item["ctx"]
+        for ending in item["endings"]:
+            epithet, place = re.match(r"(\w+) (\w+)", ending).groups()
+            assert syn.EPITHETS[place] == epithet, item
 
 
 def test_hellaswag_items_are_not_training_documents() -> None:
