@@ -162,18 +162,19 @@ BODY = _templates(
     "{He} played with {his} {color} {object} all {daypart}.",
     "{pet} sat next to {Name} and looked at the {adj} {thing}.",
     ("It was {a} {weather} day at the {pl} {place}.", ("place",)),
-    ("{Name} met a friend named {friend}.", (), ("friend",)),
-    ('{friend} asked, "Can I play with your {color} {object}?"', ("friend",)),
-    ("{Name} let {friend} play with the {color} {object}.", ("friend",)),
-    ("{friend} liked {pet} the {animal} very much.", ("friend",)),
-    ("{Name}, {friend} and {pet} played together at the {pl} {place}.", ("friend", "place")),
+    # The friend is named after "friend" every time: a rare fact, copied by the same induction as colour -> object.
+    ("{Name} met {his} friend {friend}.", (), ("friend",)),
+    ('{His} friend {friend} asked, "Can I play with your {color} {object}?"', ("friend",)),
+    ("{Name} let {his} friend {friend} play with the {color} {object}.", ("friend",)),
+    ("{His} friend {friend} liked {pet} the {animal} very much.", ("friend",)),
+    ("{Name}, {his} friend {friend} and {pet} played together at the {pl} {place}.", ("friend", "place")),
     "{time}, {pet} found the {color} {object} under {a} {adj} {thing}.",
     "{Name} gave {pet} a big hug.",
     ("They ate {food} at the {pl} {place}.", ("place",)),
     '{Name} said, "I love my {color} {object}, {pet}!"',
     "{pet} the {animal} was very {feel}.",
     "{He} put the {color} {object} next to {a} {adj} {thing}.",
-    ("{Name} showed the {color} {object} to {friend}.", ("friend",)),
+    ("{Name} showed the {color} {object} to {his} friend {friend}.", ("friend",)),
     "{time}, {Name} and {pet} ran to the {pl} {place} together.",
     "{time}, {Name} drew a picture of {pet} the {animal}.",
     "{Name} wanted to show {pet} {a} {adj} {thing}.",
@@ -400,7 +401,7 @@ _QUESTIONS = {
     "pet": (("Name", "animal", "pet"), "What was the name of {Name}'s {animal}?", "The {animal} was named {pet}."),
     "animal": (("pet", "animal"), "What kind of animal was {pet}?", "{pet} was {a_animal} {animal}."),
     "place": (("Name", "place"), "Where did {Name} go?", "{Name} went to the {pl} {place}."),
-    "friend": (("Name", "friend"), "Who was {Name}'s friend?", "{Name}'s friend was {friend}."),
+    "friend": (("Name", "friend"), "Who did {Name} meet?", "{Name} met {his} friend {friend}."),
     "hero": (("Name",), "What was the name of the {girl} in the story?", "The {girl} in the story was named {Name}."),
 }
 
@@ -408,6 +409,7 @@ _QUESTIONS = {
 def _fields(state: dict) -> dict:
     fields = dict(state)
     fields["girl"] = _PRONOUNS["girl"][_GENDER[state["Name"]]]
+    fields["his"] = _PRONOUNS["his"][_GENDER[state["Name"]]]
     fields["a_color"] = _article(state.get("color", "x"))
     fields["a_animal"] = _article(state.get("animal", "x"))
     fields["pl"] = EPITHETS.get(state.get("place"))
@@ -420,8 +422,8 @@ def _story_questions(rng: random.Random) -> list[dict]:
     kinds = [k for k, (needs, _, _) in _QUESTIONS.items() if all(n in story.state for n in needs)]
     messages = []
     chosen = rng.sample(kinds, rng.randint(1, 3))
-    # A friend is in a third of the stories and comes back about once in those: the pretrained model copies it least
-    # reliably, so a chat about a story with a friend always asks about the friend too.
+    # A friend is in a third of the stories and comes back less than once in those, so the pretrained model copies it
+    # least reliably: a chat about a story with a friend always asks about the friend too.
     if "friend" in kinds and "friend" not in chosen:
         chosen[rng.randrange(len(chosen))] = "friend"
     for turn, kind in enumerate(chosen):
