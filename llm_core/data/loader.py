@@ -90,9 +90,10 @@ class DocRows(SegmentRows):
     def __init__(self, shards: list[np.ndarray], seq_len: int, bos_id: int | None = None):
         self.shards, self.seq_len, self.pad_id = shards, seq_len, 0 if bos_id is None else bos_id
         row_len = seq_len + 1
-        if sum(len(s) for s in shards) < row_len:
-            raise ValueError(f"the token shards hold {sum(len(s) for s in shards)} tokens, fewer than one sequence of "
-                             f"{row_len}; use more data or a smaller seq_len")
+        total = sum(len(s) for s in shards)
+        if total < row_len:
+            raise ValueError(f"the token shards hold {total} tokens, fewer than one sequence of {row_len}; use more "
+                             "data or a smaller seq_len")
         rows: list[list[tuple[int, int, int]]] = []
         packer = FirstFit(row_len)
         for k, shard in enumerate(shards):

@@ -408,8 +408,7 @@ _QUESTIONS = {
 
 def _fields(state: dict) -> dict:
     fields = dict(state)
-    fields["girl"] = _PRONOUNS["girl"][_GENDER[state["Name"]]]
-    fields["his"] = _PRONOUNS["his"][_GENDER[state["Name"]]]
+    fields.update({word: forms[_GENDER[state["Name"]]] for word, forms in _PRONOUNS.items()})  # {girl}, {his}, ...
     fields["a_color"] = _article(state.get("color", "x"))
     fields["a_animal"] = _article(state.get("animal", "x"))
     fields["pl"] = EPITHETS.get(state.get("place"))
