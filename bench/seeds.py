@@ -2,11 +2,13 @@
 
     python bench/seeds.py                       # seeds 1337 1338 1339 x threads 2 and 1, the default params
     python bench/seeds.py --seeds 1 2 --threads 2 --set pretrain.lr=0.004 --set pretrain.steps=900
+    python bench/seeds.py --sft --threads 2     # also fine-tune each pretrained model and score the chat model
 
 The data, tokenizer and shards are made once by the stage scripts (in --work, reused across invocations with the same
 data params); each run then executes the real `pretrain` and `eval_hellaswag` stages in its own folder with
 `pretrain.seed` and `pretrain.threads` overridden. Prints one row per run, then min / median / max of each metric;
-the last line is JSON.
+the last line is JSON. With `--sft` each run goes on through the real `sft` and `eval_chat` stages (`sft.seed` follows
+the pretraining seed) and reports the chat accuracy overall and by question kind.
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ def set_key(params: dict, dotted: str, value) -> None:
     node[leaf] = value
 
 
-def prepare(work: Path, params: dict) -> Path:
+def prepare(work: Path, params: dict, sft: bool = False) -> Path:
     """Downloaded data, tokenizer and pretraining shards for these data params (made once)."""
-    key = hashlib.sha256(json.dumps([params["data"], params["tokenizer"], params["tokenize"]],
+    key = hashlib.sha256(json.dumps([params["data"], params["tokenizer"], params["tokenize"], sft],
                                     sort_keys=True).encode()).hexdigest()[:12]
     base = work / f"data-{key}"
     if (base / "DONE").exists():
@@ -55,16 +57,17 @@ def prepare(work: Path, params: dict) -> Path:
     base.mkdir(parents=True)
     (base / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = base / "log.txt"
-    for kind in ("pretrain", "hellaswag"):
+    for kind in ("pretrain", "hellaswag", "sft") if sft else ("pretrain", "hellaswag"):
         run(["stages.download", kind, f"data/raw/{kind}"], base, log)
     run(["stages.train_tokenizer", "data/raw/pretrain", "models/tokenizer"], base, log)
-    run(["stages.tokenize", "pretrain", "--raw", "data/raw/pretrain", "--tokenizer", "models/tokenizer",
-         "--out", "data/tokens/pretrain"], base, log)
+    for kind in ("pretrain", "sft") if sft else ("pretrain",):
+        run(["stages.tokenize", kind, "--raw", f"data/raw/{kind}", "--tokenizer", "models/tokenizer",
+             "--out", f"data/tokens/{kind}"], base, log)
     (base / "DONE").write_text("ok\n")
     return base
 
 
-def one_run(base: Path, folder: Path, params: dict) -> dict:
+def one_run(base: Path, folder: Path, params: dict, sft: bool = False) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for sub in ("data", "models/tokenizer"):
@@ -81,6 +84,14 @@ def one_run(base: Path, folder: Path, params: dict) -> dict:
          "data/raw/hellaswag", "--metrics", "hellaswag.json"], folder, log)
     out = json.loads((folder / "pretrain.json").read_text()) | json.loads((folder / "hellaswag.json").read_text())
     out["seconds"] = seconds
+    if sft:
+        t0 = time.perf_counter()
+        run(["stages.sft", "--tokens", "data/tokens/sft", "--tokenizer", "models/tokenizer", "--init",
+             "models/pretrain", "--out", "models/sft", "--live", "dvclive-sft", "--metrics", "sft.json"], folder, log)
+        out["sft_seconds"] = time.perf_counter() - t0
+        run(["stages.eval_chat", "--model", "models/sft", "--tokenizer", "models/tokenizer", "--sft", "data/raw/sft",
+             "--metrics", "chat.json", "--replies", "chat_replies.json"], folder, log)
+        out |= {f"chat_{k}": v for k, v in json.loads((folder / "chat.json").read_text()).items()}
     return out
 
 
@@ -92,31 +103,38 @@ def main() -> None:
                     help="params override for every run (YAML value), e.g. pretrain.lr=0.004")
     ap.add_argument("--work", type=Path, default=Path("/tmp/llm-seeds"))
     ap.add_argument("--tag", default="default", help="name of this configuration (its runs' folder)")
+    ap.add_argument("--sft", action="store_true", help="also run sft and eval_chat on each pretrained model")
     args = ap.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for item in args.set:
         key, _, value = item.partition("=")
         set_key(params, key, yaml.safe_load(value))
-    base = prepare(args.work, params)
+    base = prepare(args.work, params, args.sft)
     results = []
     for threads in args.threads:
         for seed in args.seeds:
             p = json.loads(json.dumps(params))
             set_key(p, "pretrain.seed", seed)
             set_key(p, "pretrain.threads", threads)
-            res = one_run(base, args.work / args.tag / f"seed{seed}-t{threads}", p)
+            if args.sft:
+                set_key(p, "sft.seed", seed + 1)
+                set_key(p, "sft.threads", threads)
+            res = one_run(base, args.work / args.tag / f"seed{seed}-t{threads}", p, args.sft)
             res.update(seed=seed, threads=threads)
             results.append(res)
             print(f"seed {seed} threads {threads}: " + " ".join(
-                f"{k}={res[k]:.4g}" for k in METRICS if isinstance(res.get(k), (int, float))), flush=True)
+                f"{k}={v:.4g}" for k, v in res.items()
+                if (k in METRICS or k.startswith(("chat_acc", "sft_sec"))) and isinstance(v, (int, float))), flush=True)
     summary = {}
-    for k in METRICS:
+    metrics = list(METRICS) + sorted({k for r in results for k in r if k.startswith("chat_accuracy")} |
+                                     ({"sft_seconds"} if args.sft else set()))
+    for k in metrics:
         values = [r[k] for r in results if isinstance(r.get(k), (int, float))]
         if values:
             summary[k] = {"min": min(values), "median": statistics.median(values), "max": max(values)}
             print(f"{k:>18}: min {min(values):.4f}  median {statistics.median(values):.4f}  max {max(values):.4f}")
     print(json.dumps({"tag": args.tag, "overrides": args.set, "runs": len(results), "summary": summary,
-                      "per_run": [{k: r.get(k) for k in ("seed", "threads", *METRICS)} for r in results]}))
+                      "per_run": [{k: r.get(k) for k in ("seed", "threads", *metrics)} for r in results]}))
 
 
 if __name__ == "__main__":

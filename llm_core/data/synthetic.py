@@ -454,34 +454,67 @@ def _story_request(rng: random.Random) -> list[dict]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": story.text}]
 
 
-def _stated_facts(rng: random.Random) -> list[dict]:
-    """Facts stated by the user, then asked back: the shortest form of "find it in the context"."""
-    if rng.getrandbits(1):
-        animal, pet = rng.choice(ANIMALS), rng.choice(PET_NAMES)
-        return [{"role": "user", "content": f"My {animal} is called {pet}. What is my {animal} called?"},
-                {"role": "assistant", "content": f"Your {animal} is called {pet}."}]
-    colors, objects = rng.sample(COLORS, 2), rng.sample(OBJECTS, 2)
-    stated = " and ".join(f"{_article(c)} {c} {o}" for c, o in zip(colors, objects))
-    order = rng.sample(range(2), rng.randint(1, 2))
-    messages = []
-    for turn, i in enumerate(order):
-        question = f"What color is my {objects[i]}?"
-        if turn == 0:
-            question = f"I have {stated}. {question}"
-        messages += [{"role": "user", "content": question},
-                     {"role": "assistant", "content": f"Your {objects[i]} is {colors[i]}."}]
+class _Facts:
+    """Facts a user tells about their own things: pets' names ("My dog is called Rex.") and objects' colours ("I have
+    a red ball."). Within one conversation every animal, pet name, object and colour is new, so a question about one
+    fact always has others of the same kind beside it to confuse it with."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.animals, self.pets = rng.sample(ANIMALS, len(ANIMALS)), rng.sample(PET_NAMES, len(PET_NAMES))
+        self.objects, self.colors = rng.sample(OBJECTS, len(OBJECTS)), rng.sample(COLORS, len(COLORS))
+        self.told: list[tuple[str, str, str]] = []  # (kind, thing, value): ("pet", "dog", "Rex"), ("color", "ball", "red")
+
+    def new(self, kind: str) -> tuple[str, str, str]:
+        fact = (kind, self.animals.pop(), self.pets.pop()) if kind == "pet" else \
+            (kind, self.objects.pop(), self.colors.pop())
+        self.told.append(fact)
+        return fact
+
+
+def _statement(facts: list[tuple[str, str, str]]) -> str:
+    """One sentence stating one or two facts of one kind."""
+    if facts[0][0] == "pet":
+        return "M" + " and ".join(f"my {thing} is called {value}" for _, thing, value in facts)[1:] + "."
+    return "I have " + " and ".join(f"{_article(value)} {value} {thing}" for _, thing, value in facts) + "."
+
+
+def _ask(fact: tuple[str, str, str]) -> tuple[str, str]:
+    kind, thing, value = fact
+    if kind == "pet":
+        return f"What is my {thing} called?", f"Your {thing} is called {value}."
+    return f"What color is my {thing}?", f"Your {thing} is {value}."
+
+
+def _fact_chat(rng: random.Random) -> list[dict]:
+    """Facts stated, then asked back, over up to four turns: a turn may state new facts (one or two of a kind) and ask
+    about one of them or about an earlier one, or only ask about an earlier one. The shortest form of "find it in the
+    context", with distractors of the same kind: the model must bind each value to its own thing."""
+    facts = _Facts(rng)
+    messages: list[dict] = []
+    for turn in range(rng.randint(1, 4)):
+        stated: list[tuple[str, str, str]] = []
+        if turn == 0 or rng.random() < 0.75:
+            kind = rng.choice(("pet", "color"))
+            stated = [facts.new(kind) for _ in range(rng.randint(1, 2))]
+        earlier = [f for f in facts.told if f not in stated]
+        target = rng.choice(stated) if stated and (not earlier or rng.random() < 0.6) else rng.choice(earlier)
+        question, answer = _ask(target)
+        content = f"{_statement(stated)} {question}" if stated else question
+        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
     return messages
 
 
 def generate_chats(seed: int, num_convs: int) -> list[list[dict]]:
     """`num_convs` SFT conversations about the story world: questions on a given story, story requests, and facts
-    stated then asked. Each is [optional system] + alternating user/assistant turns ending with the assistant."""
+    stated then asked (over several turns). Each is [optional system] + alternating user/assistant turns ending with
+    the assistant."""
     _check_count("num_convs", num_convs)
     rng = random.Random(f"chats:{seed}")
     convs = []
     for _ in range(num_convs):
         r = rng.random()
-        messages = _story_questions(rng) if r < 0.6 else _story_request(rng) if r < 0.85 else _stated_facts(rng)
+        messages = _story_questions(rng) if r < 0.5 else _story_request(rng) if r < 0.6 else _fact_chat(rng)
         if rng.random() < 0.25:
             messages.insert(0, {"role": "system", "content": rng.choice(_SYSTEM_PROMPTS)})
         convs.append(messages)
@@ -503,27 +536,42 @@ def _graded(kind: str, messages: list[dict], answer: str, fields: dict) -> dict:
             "wrong": wrong}
 
 
+def _fact_item(kind: str, rng: random.Random) -> dict:
+    """A graded fact question. stated_pet: one pet stated and asked; stated_color: two coloured objects stated, one
+    asked; followup_new: a fact stated and answered, then another of the same kind stated and asked; followup_earlier:
+    two facts of a kind stated and answered in turn, then the first asked again. Earlier assistant turns hold the
+    reference answers."""
+    facts = _Facts(rng)
+    fact_kind = "color" if kind == "stated_color" else "pet" if kind == "stated_pet" else rng.choice(("pet", "color"))
+    turns = {"stated_pet": [1], "stated_color": [2], "followup_new": [1, 1], "followup_earlier": [1, 1, 0]}[kind]
+    messages: list[dict] = []
+    for n in turns:
+        stated = [facts.new(fact_kind) for _ in range(n)]
+        target = rng.choice(stated) if stated else facts.told[0]
+        question, answer = _ask(target)
+        messages += [{"role": "user", "content": f"{_statement(stated)} {question}" if stated else question},
+                     {"role": "assistant", "content": answer}]
+    _, thing, value = target
+    if fact_kind == "pet":
+        return _graded(kind, messages[:-1], "Your {animal} is called {pet}.", {"animal": thing, "pet": value})
+    return _graded(kind, messages[:-1], "Your {object} is {color}.", {"object": thing, "color": value})
+
+
+FACT_KINDS = ("stated_pet", "stated_color", "followup_new", "followup_earlier")
+
+
 def generate_chat_eval(seed: int, num_items: int) -> list[dict]:
     """Held-out questions of the kinds the SFT chats teach: one question on a new story (each kind of `_QUESTIONS`
-    in turn), or a fact stated then asked back. Use a seed the SFT data does not use."""
+    in turn), or facts stated then asked back, in one turn or across turns (`FACT_KINDS`). Use a seed the SFT data
+    does not use."""
     _check_count("num_items", num_items)
     rng = random.Random(f"chat-eval:{seed}")
     items: list[dict] = []
-    kinds = list(_QUESTIONS) + ["stated_pet", "stated_color"]
+    kinds = list(_QUESTIONS) + list(FACT_KINDS)
     while len(items) < num_items:
         kind = kinds[len(items) % len(kinds)]
-        if kind == "stated_pet":
-            f = {"animal": rng.choice(ANIMALS), "pet": rng.choice(PET_NAMES)}
-            question = "My {animal} is called {pet}. What is my {animal} called?".format(**f)
-            items.append(_graded(kind, [{"role": "user", "content": question}], "Your {animal} is called {pet}.", f))
-            continue
-        if kind == "stated_color":
-            colors, objects = rng.sample(COLORS, 2), rng.sample(OBJECTS, 2)
-            i = rng.randrange(2)
-            stated = " and ".join(f"{_article(c)} {c} {o}" for c, o in zip(colors, objects))
-            question = f"I have {stated}. What color is my {objects[i]}?"
-            items.append(_graded(kind, [{"role": "user", "content": question}], "Your {object} is {color}.",
-                                 {"object": objects[i], "color": colors[i]}))
+        if kind in FACT_KINDS:
+            items.append(_fact_item(kind, rng))
             continue
         needs, question, answer = _QUESTIONS[kind]
         story = _sample_story(rng)

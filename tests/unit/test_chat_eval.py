@@ -23,13 +23,15 @@ def test_eval_items_are_held_out_graded_and_cover_every_kind():
     items = synthetic.generate_chat_eval(99, 45)
     assert items == synthetic.generate_chat_eval(99, 45)  # seeded
     kinds = {it["kind"] for it in items}
-    assert kinds == {"color", "object", "pet", "animal", "place", "friend", "hero", "stated_pet", "stated_color"}
+    assert kinds == {"color", "object", "pet", "animal", "place", "friend", "hero", "stated_pet", "stated_color",
+                     "followup_new", "followup_earlier"}
     for it in items:
         # the reference answer itself is right, and every required word is in the question
         assert chat_eval.is_right(it["reference"], it["required"], it["wrong"]), it
         assert not set(it["required"]) & set(it["wrong"])
-        words = set(chat_eval._WORD.findall(it["messages"][-1]["content"]))
+        words = set(chat_eval._WORD.findall(" ".join(m["content"] for m in it["messages"] if m["role"] == "user")))
         assert set(it["required"]) <= words, it
+        assert it["messages"][-1]["role"] == "user"
     sft_questions = {m["content"] for conv in synthetic.generate_chats(100, 600) for m in conv if m["role"] == "user"}
     assert not sft_questions & {it["messages"][-1]["content"] for it in items if it["kind"] in ("color", "pet")}
 

@@ -199,7 +199,7 @@ def test_chats_schema_and_correct_answers() -> None:
         roles = [m["role"] for m in messages]
         if roles[0] == "system":
             roles = roles[1:]
-        assert roles and roles == ["user", "assistant"] * (len(roles) // 2) and len(roles) <= 6
+        assert roles and roles == ["user", "assistant"] * (len(roles) // 2) and len(roles) <= 8
         assert all(set(m) == {"role", "content"} and m["content"].strip() and m["content"].isascii() for m in messages)
         turns = [m["content"] for m in messages if m["role"] != "system"]
         first = turns[0]
@@ -211,15 +211,23 @@ def test_chats_schema_and_correct_answers() -> None:
             if facts["friend"]:  # the rarest fact is always asked about
                 assert any("meet?" in question for question in turns[::2]), turns
             kinds["qa"] += 1
-        elif m := re.fullmatch(r"My (\w+) is called (\w+)\. What is my \1 called\?", first):
-            assert turns[1] == f"Your {m[1]} is called {m[2]}."
-            kinds["facts"] += 1
-        elif first.startswith("I have "):
-            owned = {o: c for c, o in re.findall(rf"\b({_C}) ({_O})\b", first)}
+        elif first.startswith(("My ", "I have ")):  # facts stated, then asked back in this or a later turn
+            pets, owned = {}, {}
             for question, answer in zip(turns[::2], turns[1::2]):
-                obj = re.search(r"What color is my (\w+)\?", question)[1]
-                assert answer == f"Your {obj} is {owned[obj]}."
+                for animal, name in re.findall(r"[Mm]y (\w+) is called (\w+)", question):
+                    assert animal not in pets and name not in pets.values()  # every fact of a chat is new
+                    pets[animal] = name
+                if question.startswith("I have "):
+                    for color, obj in re.findall(rf"\b({_C}) ({_O})\b", question):
+                        assert obj not in owned and color not in owned.values()
+                        owned[obj] = color
+                if m := re.search(r"What is my (\w+) called\?$", question):
+                    assert answer == f"Your {m[1]} is called {pets[m[1]]}."
+                else:
+                    obj = re.search(r"What color is my (\w+)\?$", question)[1]
+                    assert answer == f"Your {obj} is {owned[obj]}."
             kinds["facts"] += 1
+            kinds["facts_multi_turn"] += len(turns) > 2
         else:  # a story request: the story must honour what was asked for
             facts = _facts(turns[1])
             if m := re.search(rf"about an? ({_A})\b", first):
@@ -229,7 +237,7 @@ def test_chats_schema_and_correct_answers() -> None:
             elif m := re.search(rf"about an? ({_C}) ({_O})\b", first):
                 assert (facts["color"], facts["object"]) == (m[1], m[2])
             kinds["story"] += 1
-    assert min(kinds.values()) >= 40 and len(kinds) == 3
+    assert min(kinds.values()) >= 40 and len(kinds) == 4
 
 
 # ----------------------------------------------------------------------------------------- hellaswag
