@@ -591,7 +591,8 @@ _FACT_LABELS = {"Name": "hero", "color": "object color", "object": "object", "an
 _FACT_WINDOW_WORDS = 100
 
 
-def _hellaswag_item(rng: random.Random, ind: int, seed: int) -> dict:
+def _hellaswag_item(rng: random.Random, ind: int, seed: int, kind: str) -> dict:
+    """An item that asks for the fact `kind` (an entity slot): stories are drawn until one repeats that fact."""
     while True:
         story = _sample_story(rng)
         # Candidate cut points: an entity slot in sentence j whose value was shown before j. A slot right after
@@ -602,9 +603,8 @@ def _hellaswag_item(rng: random.Random, ind: int, seed: int) -> dict:
             for i, name in tpl.slots:
                 if name in _ENTITIES and story.bound_at[name] < j and not (i >= 2 and tpl.pieces[i - 2] == "a"):
                     by_kind.setdefault(name, []).append((j, i))
-        if not by_kind:
+        if kind not in by_kind:
             continue
-        kind = rng.choice(sorted(by_kind))
         j, i = rng.choice(by_kind[kind])
         if i >= 2 and story.templates[j].pieces[i - 2] == "pl":
             i -= 2  # cut before the place's epithet, which would name the place
@@ -642,10 +642,13 @@ def _hellaswag_item(rng: random.Random, ind: int, seed: int) -> dict:
 def generate_hellaswag(seed: int, num_items: int) -> list[dict]:
     """`num_items` items in the official HellaSwag jsonl schema. ctx is the start of a story from the pretraining
     distribution (a separate random stream, so not a training document), cut where a fact from ctx is repeated; the
-    three wrong endings swap in another value of the same kind and so contradict ctx."""
+    three wrong endings swap in another value of the same kind and so contradict ctx. The kinds of fact take turns
+    (hero, colour, object, species, pet name, place, friend), so each kind has enough items to be scored on its own,
+    the rare ones (the friend is in a third of the stories) included."""
     _check_count("num_items", num_items)
     rng = random.Random(f"hellaswag:{seed}")
-    return [_hellaswag_item(rng, ind, seed) for ind in range(num_items)]
+    kinds = sorted(_ENTITIES)
+    return [_hellaswag_item(rng, ind, seed, kinds[ind % len(kinds)]) for ind in range(num_items)]
 
 
 def unigram_accuracy(train_texts: list[str], items: list[dict]) -> tuple[float, float]:
