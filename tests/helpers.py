@@ -88,3 +88,25 @@ def run_ok(cmd: list[str], cwd: Path, timeout: float | None = None, **env: str) 
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# lm-evaluation-harness tasks over local files (the harness reads them offline)
+
+HELLASWAG_FIXTURE = ROOT / "tests/fixtures/hellaswag_official_schema.jsonl"
+
+
+def hellaswag_task_yaml(name: str, items: Path) -> str:
+    """A task that is the harness's own hellaswag (preprocessing, choices, metrics) over a local jsonl file."""
+    import importlib.util
+
+    official = Path(importlib.util.find_spec("lm_eval").origin).parent / "tasks/hellaswag/hellaswag.yaml"
+    return (f"include: {official}\ntask: {name}\ndataset_path: json\ndataset_name: null\n"
+            f"dataset_kwargs:\n  data_files:\n    validation: {items}\ntraining_split: null\n"
+            "validation_split: validation\n")
+
+
+def offline_harness_env(cache: Path) -> dict[str, str]:
+    """Environment in which the harness and the libraries under it never reach the network."""
+    return {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_CACHE": str(cache)}

@@ -16,21 +16,12 @@ from llm_core.config import DataConfig, SourceConfig, TextEvalConfig
 from llm_core.data import sources
 from llm_core.evaluation import hellaswag, text
 from llm_core.model.transformer import Transformer
-from tests.helpers import ROOT, tiny_model_config
+from tests.helpers import HELLASWAG_FIXTURE, ROOT, hellaswag_task_yaml, offline_harness_env, tiny_model_config
 
 lm_eval = pytest.importorskip("lm_eval")
 
-HELLASWAG_FIXTURE = ROOT / "tests/fixtures/hellaswag_official_schema.jsonl"
 TEXT_FIXTURE = ROOT / "tests/fixtures/text_docs.jsonl"
 MAX_LEN = 64  # short, so that several items pass the model's context and documents take several windows
-
-
-def hellaswag_task_yaml(name: str, items: Path) -> str:
-    """A task that is the harness's own hellaswag (preprocessing, choices, metrics) over a local jsonl file."""
-    official = Path(lm_eval.__file__).parent / "tasks/hellaswag/hellaswag.yaml"
-    return (f"include: {official}\ntask: {name}\ndataset_path: json\ndataset_name: null\n"
-            f"dataset_kwargs:\n  data_files:\n    validation: {items}\ntraining_split: null\n"
-            "validation_split: validation\n")
 
 
 def text_task_yaml(name: str, docs: Path) -> str:
@@ -57,9 +48,8 @@ def harness(tmp_path_factory, tokenizer_dir, tokenizer):
     (root / "tasks/hellaswag_fixture.yaml").write_text(hellaswag_task_yaml("hellaswag_fixture", HELLASWAG_FIXTURE))
     (root / "tasks/text_fixture.yaml").write_text(text_task_yaml("text_fixture", TEXT_FIXTURE))
     mp = pytest.MonkeyPatch()
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        mp.setenv(var, "1")
-    mp.setenv("HF_DATASETS_CACHE", str(root / "datasets"))
+    for var, value in offline_harness_env(root / "datasets").items():
+        mp.setenv(var, value)
     try:
         tasks = TaskManager(include_path=str(root / "tasks"), include_defaults=False)
         runs = {}

@@ -12,7 +12,7 @@ from llm_core.config import DataConfig, SourceConfig
 from llm_core.data import sources, synthetic
 from llm_core.evaluation import hellaswag
 from llm_core.model.transformer import Transformer
-from tests.helpers import ROOT, tiny_model_config
+from tests.helpers import HELLASWAG_FIXTURE, tiny_model_config
 
 
 def render(item: dict, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,8 +45,7 @@ def most_likely_row(model, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[in
 def items(tmp_path_factory):
     """The official-schema fixture as the download stage stores it, and items of the built-in world."""
     out = tmp_path_factory.mktemp("hs") / "hellaswag"
-    fixture = ROOT / "tests/fixtures/hellaswag_official_schema.jsonl"
-    data = DataConfig(hellaswag=SourceConfig(source="local", paths=[str(fixture)]))
+    data = DataConfig(hellaswag=SourceConfig(source="local", paths=[str(HELLASWAG_FIXTURE)]))
     sources.write_dataset("hellaswag", data, out)
     return list(sources.read_dataset(out, "val", "download_hellaswag")) + synthetic.generate_hellaswag(5, 12)
 
