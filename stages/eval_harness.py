@@ -13,10 +13,12 @@ from llm_core.files import write_json, write_metrics
 
 def run_tasks(args, params) -> dict:
     """Export the model with its tokenizer to a temporary folder and run the harness on it."""
+    from llm_core.evaluation import harness
+
+    harness.require()  # before any work: a missing harness names its install command
     import torch
 
     from llm_core import export
-    from llm_core.evaluation import harness
     from llm_core.model.io import load_model
 
     if not (Path(args.tokenizer) / "tokenizer.json").is_file():

@@ -13,7 +13,8 @@ from pathlib import Path
 INSTALL = "pip install 'lm-eval[hf]>=0.4.13,<0.5'"
 
 
-def _import_harness():
+def require():
+    """lm-evaluation-harness's entry points, or the error that names its install command (checked before any work)."""
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
@@ -27,7 +28,7 @@ def _import_harness():
 def run(hf_dir: str | Path, tasks: list[str], limit: int = 0, include: str = "", batch_size: int = 32,
         device: str = "cpu") -> dict:
     """The harness's report for `tasks` on the model folder (results, item counts, versions; no samples)."""
-    lm_eval, HFLM, TaskManager = _import_harness()
+    lm_eval, HFLM, TaskManager = require()
     if include and not Path(include).is_dir():
         raise ValueError(f"eval.harness_include: {include!r} is not a folder; give a folder of task .yaml files "
                          "or ''")
