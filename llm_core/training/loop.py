@@ -40,6 +40,15 @@ EPOCH_WARNING = 4.0  # planned passes over the training split past which overfit
 COUNTERS = ("steps", "tokens", "skipped_steps", "final")
 
 
+def epoch_warning(desc: str, epochs: float, keeps_best: bool) -> str | None:
+    """What a run that repeats its data too often is told (by the stage, and before it by the dry run)."""
+    if epochs <= EPOCH_WARNING:
+        return None
+    return (f"{desc}: warning: the run repeats its training data {epochs:.1f} times; expect overfitting. "
+            f"Add data or lower {desc}.steps" + (f"; the best-by-validation weights are kept ({desc}.final: best)"
+                                                 if keeps_best else ""))
+
+
 def compared(result: dict) -> dict:
     """The figures of a run's result that belong in its metrics file."""
     return {k: v for k, v in result.items() if k not in COUNTERS}
@@ -189,11 +198,9 @@ class Trainer:
         print(f"{desc}: {self.num_params:,} parameters, {cfg.steps} steps x {self.tokens_per_step:,} tokens = "
               f"{cfg.steps * self.tokens_per_step:,} tokens, {epochs:.2f} epochs of the training split "
               f"({len(self.job.train_rows):,} rows of {cfg.seq_len})", flush=True)
-        if epochs > EPOCH_WARNING:
-            print(f"{desc}: warning: the run repeats its training data {epochs:.1f} times; expect overfitting. "
-                  f"Add data or lower {desc}.steps" + ("; the best-by-validation weights are kept "
-                                                       f"({desc}.final: best)" if self.final == "best" else ""),
-                  flush=True)
+        warning = epoch_warning(desc, epochs, self.final == "best")
+        if warning:
+            print(warning, flush=True)
         if resumed:
             print(f"{desc}: resuming from step {self.state['step']} of {cfg.steps}", flush=True)
 
