@@ -83,8 +83,8 @@ def find_model(path: str, default: str, stage_name: str | None = None) -> Path:
     inside = sorted(p.name for p in model_dir.iterdir() if (p / WEIGHTS).is_file())
     if inside:
         pick = str(Path(path) / inside[-1])
-        raise FileNotFoundError(f"{where} has no {WEIGHTS}, but its folders {', '.join(inside[-3:])} do; "
-                                f"pass one of them, e.g. --model {pick}")
+        raise FileNotFoundError(f"{where} holds no {WEIGHTS} itself, only model folders inside it "
+                                f"({', '.join(inside[-3:])}); pass one of them, e.g. --model {pick}")
     raise FileNotFoundError(f"{where} has no {WEIGHTS}; pass a folder written by training (models/sft, "
                             "models/pretrain, a checkpoint) or by an import")
 

@@ -117,9 +117,11 @@ def test_page_is_usable_400_px_wide(browser, served_models):
         assert page.get_attribute("#max_tokens", "max") == "4096"
         page.fill("#max_tokens", "4")
         page.click("#settings-toggle")
-        page.fill("#input", "Tell me a story.")
+        page.fill("#input", "Tell me a story about a cat. " * 30)  # past the test model's 128-token context
         page.click("#send")
         _settle(page)
         assert page.locator(".msg.assistant").count() == 1 and page.locator(".msg.error").count() == 0
+        note = page.locator(".msg.note").text_content()  # the page says what the model could not read
+        assert "more than the model's context of 128" in note and "tokens were dropped" in note
         assert page.locator("#send").bounding_box()["y"] + page.locator("#send").bounding_box()["height"] <= 780
         page.close()
