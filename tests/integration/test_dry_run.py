@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import project_env
-from tests.integration.conftest import set_params, stage
+from tests.helpers import project_env, set_params, stage
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
