@@ -18,6 +18,11 @@ GIRL_NAMES = ("Lily", "Mia", "Anna", "Sara", "Emma", "Lucy", "Ella", "Zoe", "Amy
 BOY_NAMES = ("Tom", "Ben", "Sam", "Leo", "Jack", "Tim", "Dan", "Joe", "Finn", "Noah", "Eli", "Jake", "Luke", "Owen",
              "Adam")
 NAMES = GIRL_NAMES + BOY_NAMES
+# Friends have names of their own. With the heroes' names a friend's name was "a name, not the hero's", and since the
+# first mention of a friend is always a new name, the tiny model learned to predict an unseen name after "friend"
+# (0.16 on HellaSwag friend items); a name of its own kind is copied like a pet's name.
+FRIEND_NAMES = ("Olive", "Hugo", "Iris", "Felix", "Clara", "Nora", "Theo", "Maya", "Arlo", "Lena", "Gus", "Hazel",
+                "Ned", "Flora", "Otto")
 PET_NAMES = ("Max", "Buddy", "Spot", "Fluffy", "Coco", "Bella", "Rex", "Milo", "Daisy", "Pip", "Toby", "Oscar", "Rocky",
              "Luna", "Peanut", "Bubbles", "Ziggy", "Bingo", "Muffin", "Shadow")
 COLORS = ("red", "blue", "green", "yellow", "pink", "purple", "orange", "white", "black", "brown")
@@ -47,10 +52,9 @@ HOLD_VERBS = ("held", "carried", "hugged", "cleaned", "washed", "hid")
 MOVES = ("ran", "jumped", "hopped", "danced", "rolled", "raced")
 DAYPARTS = ("morning", "afternoon", "day", "evening")
 
-# Entities are drawn once per story, on first mention, and repeated verbatim afterwards. "friend" draws from NAMES
-# minus the hero (see _entity_options).
+# Entities are drawn once per story, on first mention, and repeated verbatim afterwards.
 _ENTITIES = {"Name": NAMES, "color": COLORS, "object": OBJECTS, "animal": ANIMALS, "pet": PET_NAMES, "place": PLACES,
-             "friend": NAMES}
+             "friend": FRIEND_NAMES}
 _FREE = {"kind": KINDS, "adj": ADJECTIVES, "thing": THINGS, "food": FOODS, "weather": WEATHERS, "feel": FEELINGS,
          "time": TIMES, "hold": HOLD_VERBS, "move": MOVES, "daypart": DAYPARTS}
 _FREE_SETS = {k: frozenset(v) for k, v in _FREE.items()}
@@ -58,7 +62,6 @@ _GENDER = {**{n: 0 for n in GIRL_NAMES}, **{n: 1 for n in BOY_NAMES}}
 _PRONOUNS = {"He": ("She", "He"), "he": ("she", "he"), "His": ("Her", "His"), "his": ("her", "his"),
              "him": ("her", "him"), "girl": ("girl", "boy")}
 _DERIVED = frozenset(_PRONOUNS) | {"a", "pl"}
-_FRIENDS = {n: tuple(m for m in NAMES if m != n) for n in NAMES}
 _SLOT_RE = re.compile(r"\{(\w+)\}")
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 _WORD_RE = re.compile(r"[a-z]+")
@@ -84,7 +87,8 @@ def _derived(name: str, next_word: str, hero: str) -> str | None:
 
 
 def _entity_options(name: str, state: dict) -> tuple[str, ...]:
-    return _FRIENDS[state["Name"]] if name == "friend" else _ENTITIES[name]
+    """The values an entity can take when first shown (every entity has a list of its own)."""
+    return _ENTITIES[name]
 
 
 class _Template:
@@ -175,6 +179,9 @@ BODY = _templates(
     "{pet} the {animal} was very {feel}.",
     "{He} put the {color} {object} next to {a} {adj} {thing}.",
     ("{Name} showed the {color} {object} to {his} friend {friend}.", ("friend",)),
+    ("{Name} and {his} friend {friend} laughed together.", ("friend",)),
+    ("{His} friend {friend} ran after {pet} the {animal}.", ("friend",)),
+    ("{Name} waved to {his} friend {friend}.", ("friend",)),
     "{time}, {Name} and {pet} ran to the {pl} {place} together.",
     "{time}, {Name} drew a picture of {pet} the {animal}.",
     "{Name} wanted to show {pet} {a} {adj} {thing}.",
@@ -522,7 +529,7 @@ def generate_chats(seed: int, num_convs: int) -> list[list[dict]]:
 
 
 # Entity slots of the answers and the words each can take: a reply names the right value and no other one.
-_SLOT_VALUES = {"Name": NAMES, "friend": NAMES, "color": COLORS, "object": OBJECTS, "animal": ANIMALS, "pet": PET_NAMES,
+_SLOT_VALUES = {"Name": NAMES, "friend": FRIEND_NAMES, "color": COLORS, "object": OBJECTS, "animal": ANIMALS, "pet": PET_NAMES,
                 "place": PLACES}
 
 
