@@ -88,7 +88,7 @@ def iter_records(kind: str, src: SourceConfig, seed: int, stats: dict) -> Iterat
 
 def _synthetic(kind: str, src: SourceConfig, seed: int, stats: dict) -> Iterator[dict]:
     if kind == "pretrain":
-        texts, bits_per_byte = synthetic.generate_stories(seed, src.num_docs)
+        texts, bits_per_byte = synthetic.generate_corpus(seed, src.num_docs)
         stats["entropy_floor_bpb"] = bits_per_byte
         yield from ({"text": t} for t in texts)
     elif kind == "sft":

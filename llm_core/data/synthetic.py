@@ -371,7 +371,8 @@ def _check_count(name: str, value: int) -> None:
 
 
 def generate_stories(seed: int, num_docs: int) -> tuple[list[str], float]:
-    """`num_docs` stories and their true entropy in bits per UTF-8 byte (the floor for any model's bits per byte)."""
+    """`num_docs` stories and their true entropy in bits per UTF-8 byte (the floor for any model's bits per byte).
+    See `generate_corpus` for the pretraining corpus, which also has notes."""
     _check_count("num_docs", num_docs)
     if num_docs == 0:
         raise ValueError("num_docs must be >= 1: the entropy of an empty corpus is undefined")
@@ -384,6 +385,81 @@ def generate_stories(seed: int, num_docs: int) -> tuple[list[str], float]:
         text = story.text
         texts.append(text)
         bits += sum(story.step_bits)
+        num_bytes += len(text)  # ASCII: characters are bytes
+    return texts, bits / num_bytes
+
+
+# ---------------------------------------------------------------------------------------------------------- notes
+
+# Notes: a child lists their pets and toys and asks about them back ("My dog is called Rex and my cat is called Tom.
+# I have a red ball. What is my cat called? My cat is called Tom."). Every thing in a note is new, so answering means
+# binding each name or colour to its own thing, with others of the same kind beside it: the skill behind a chat's
+# "My cat is called Bubbles. ... My dog is called Max. What is my dog called?". Stories never have two pets, and rarely
+# two toys, so without notes the model learns "copy the name / colour in the context" and picks the wrong one.
+_NOTE_UNITS = (3, 8)  # units (statements or questions) per note, uniform
+_NOTE_FACTS = 6  # things a note tells at most
+NOTES_EVERY = 3  # every third pretraining document is a note
+
+
+def _note_units(rng: random.Random) -> tuple[list[str], float]:
+    """The units of one note and their information content in bits. Each choice is uniform and shows in the text:
+    the number of units; per unit, statement or question (forced when nothing is told yet or all is told); a
+    statement's kind (pet or toy) and count (one or two things, one when only one more fits); every new value (drawn
+    from those not used in the note); a question's fact (any told one)."""
+    animals, pets = list(ANIMALS), list(PET_NAMES)
+    objects, colors = list(OBJECTS), list(COLORS)
+    told: list[tuple[str, str, str]] = []
+    num = rng.randint(*_NOTE_UNITS)
+    bits = math.log2(_NOTE_UNITS[1] - _NOTE_UNITS[0] + 1)
+    units = []
+
+    def draw(pool: list[str]) -> str:
+        nonlocal bits
+        bits += math.log2(len(pool))
+        return pool.pop(rng.randrange(len(pool)))
+
+    for _ in range(num):
+        can_state, can_ask = len(told) < _NOTE_FACTS, bool(told)
+        if can_state and can_ask:
+            bits += 1
+        if can_state and (not can_ask or rng.getrandbits(1)):
+            kind = ("pet", "toy")[rng.getrandbits(1)]
+            count = 1 if len(told) == _NOTE_FACTS - 1 else 1 + rng.getrandbits(1)
+            bits += 1 + (len(told) < _NOTE_FACTS - 1)
+            facts = [(kind, draw(animals), draw(pets)) if kind == "pet" else (kind, draw(objects), draw(colors))
+                     for _ in range(count)]
+            told += facts
+            if kind == "pet":
+                units.append("My " + " and my ".join(f"{a} is called {p}" for _, a, p in facts) + ".")
+            else:
+                units.append("I have " + " and ".join(f"{_article(c)} {c} {o}" for _, o, c in facts) + ".")
+        else:
+            kind, thing, value = told[rng.randrange(len(told))]
+            bits += math.log2(len(told))
+            units.append(f"What is my {thing} called? My {thing} is called {value}." if kind == "pet" else
+                         f"What color is my {thing}? My {thing} is {value}.")
+    return units, bits
+
+
+def generate_corpus(seed: int, num_docs: int) -> tuple[list[str], float]:
+    """The built-in pretraining corpus: `num_docs` documents, every NOTES_EVERY-th a note and the rest stories, and
+    their true entropy in bits per UTF-8 byte (the floor for any model's bits per byte)."""
+    _check_count("num_docs", num_docs)
+    if num_docs == 0:
+        raise ValueError("num_docs must be >= 1: the entropy of an empty corpus is undefined")
+    stories, notes = random.Random(f"stories:{seed}"), random.Random(f"notes:{seed}")
+    texts: list[str] = []
+    bits = 0.0
+    num_bytes = 0
+    for i in range(num_docs):
+        if i % NOTES_EVERY == NOTES_EVERY - 1:
+            units, doc_bits = _note_units(notes)
+            text = " ".join(units)
+        else:
+            story = _sample_story(stories)
+            text, doc_bits = story.text, sum(story.step_bits)
+        texts.append(text)
+        bits += doc_bits
         num_bytes += len(text)  # ASCII: characters are bytes
     return texts, bits / num_bytes
 

@@ -288,3 +288,65 @@ def test_unigram_baseline_near_chance() -> None:
     train, _ = syn.generate_stories(0, 2000)
     acc, acc_norm = syn.unigram_accuracy(train, syn.generate_hellaswag(0, 400))
     assert 0.15 <= acc <= 0.40 and 0.15 <= acc_norm <= 0.40
+
+
+# ----------------------------------------------------------------------------------------- notes
+
+def _parse_note(text: str) -> float:
+    """Recompute a note's bits from its text alone (an independent reading of `_note_units`' rules), checking that
+    every thing is new and every answer is the value told for that thing."""
+    sentences = re.findall(r"[^.?]+[.?]", text)
+    told: dict[str, str] = {}
+    used = {"pet": set(), "animal": set(), "color": set(), "object": set()}
+    pools = {"pet": syn.PET_NAMES, "animal": syn.ANIMALS, "color": syn.COLORS, "object": syn.OBJECTS}
+    bits, units, i = math.log2(6), 0, 0
+
+    def new(kind: str, value: str) -> float:
+        assert value in pools[kind] and value not in used[kind], (value, text)
+        used[kind].add(value)
+        return math.log2(len(pools[kind]) - len(used[kind]) + 1)
+
+    while i < len(sentences):
+        s = sentences[i].strip()
+        units += 1
+        if 0 < len(told) < 6:
+            bits += 1  # statement or question
+        if m := re.fullmatch(r"What (?:is my (\w+) called|color is my (\w+))\?", s):
+            thing = m[1] or m[2]
+            answer = sentences[i + 1].strip()
+            assert answer == (f"My {thing} is called {told[thing]}." if m[1] else f"My {thing} is {told[thing]}.")
+            bits += math.log2(len(told))
+            i += 2
+            continue
+        pets = re.findall(r"[Mm]y (\w+) is called (\w+)", s)
+        toys = re.findall(rf"\ban? ({_C}) ({_O})\b", s)
+        facts = pets or [(o, c) for c, o in toys]
+        assert len(facts) in (1, 2) and s.startswith("My " if pets else "I have "), s
+        bits += 1 + (len(told) < 5)  # kind, and one or two things unless only one more fits
+        for thing, value in facts:
+            bits += new("animal" if pets else "object", thing) + new("pet" if pets else "color", value)
+            told[thing] = value
+        i += 1
+    assert 3 <= units <= 8 and len(told) <= 6
+    return bits
+
+
+def test_notes_bind_every_value_to_its_thing_and_their_bits_are_exact() -> None:
+    rng = random.Random(5)
+    kinds = Counter()
+    for _ in range(600):
+        units, bits = syn._note_units(rng)
+        text = " ".join(units)
+        assert _parse_note(text) == pytest.approx(bits, abs=1e-9), text
+        kinds["two of a kind"] += " and " in text
+        kinds["question"] += "?" in text
+    assert min(kinds.values()) > 200, kinds
+
+
+def test_corpus_mixes_stories_and_notes() -> None:
+    texts, bpb = syn.generate_corpus(3, 300)
+    notes = [t for t in texts if not t[0].isupper() or t.startswith(("My ", "I have ", "What "))]
+    assert len(notes) == 100 and texts[2] in notes and texts[0] not in notes
+    assert syn.generate_corpus(3, 300) == (texts, bpb) and syn.generate_corpus(4, 300)[0] != texts
+    stories_only = syn.generate_stories(3, 200)[1]
+    assert 0.1 < bpb < 1.0 and bpb != stories_only
