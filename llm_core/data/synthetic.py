@@ -392,13 +392,16 @@ def generate_stories(seed: int, num_docs: int) -> tuple[list[str], float]:
 # ---------------------------------------------------------------------------------------------------------- notes
 
 # Notes: a child lists their pets and toys and asks about them back ("My dog is called Rex and my cat is called Tom.
-# I have a red ball. What is my cat called? My cat is called Tom."). Every thing in a note is new, so answering means
+# My kite is red. What is my cat called? My cat is called Tom."). Every thing in a note is new, so answering means
 # binding each name or colour to its own thing, with others of the same kind beside it: the skill behind a chat's
-# "My cat is called Bubbles. ... My dog is called Max. What is my dog called?". Stories never have two pets, and rarely
-# two toys, so without notes the model learns "copy the name / colour in the context" and picks the wrong one.
+# "My cat is called Bubbles. ... My dog is called Max. What is my dog called?". Stories never have two pets or two
+# toys, so without notes the model learns "copy the name / colour in the context" and picks the wrong one. A toy is
+# named before its colour ("My kite is red."), as a pet before its name: the answer then follows the same words as in
+# the statement ("kite is" -> red). Stories say "a red kite", which notes never do, so a note's new toy does not teach
+# the story's "red" -> "kite" copy otherwise.
 _NOTE_UNITS = (3, 8)  # units (statements or questions) per note, uniform
 _NOTE_FACTS = 6  # things a note tells at most
-NOTES_EVERY = 3  # every third pretraining document is a note
+NOTES_EVERY = 4  # every fourth pretraining document is a note
 
 
 def _note_units(rng: random.Random) -> tuple[list[str], float]:
@@ -429,10 +432,7 @@ def _note_units(rng: random.Random) -> tuple[list[str], float]:
             facts = [(kind, draw(animals), draw(pets)) if kind == "pet" else (kind, draw(objects), draw(colors))
                      for _ in range(count)]
             told += facts
-            if kind == "pet":
-                units.append("My " + " and my ".join(f"{a} is called {p}" for _, a, p in facts) + ".")
-            else:
-                units.append("I have " + " and ".join(f"{_article(c)} {c} {o}" for _, o, c in facts) + ".")
+            units.append(_statement(facts))
         else:
             kind, thing, value = told[rng.randrange(len(told))]
             bits += math.log2(len(told))
@@ -556,10 +556,10 @@ class _Facts:
 
 
 def _statement(facts: list[tuple[str, str, str]]) -> str:
-    """One sentence stating one or two facts of one kind."""
-    if facts[0][0] == "pet":
-        return "M" + " and ".join(f"my {thing} is called {value}" for _, thing, value in facts)[1:] + "."
-    return "I have " + " and ".join(f"{_article(value)} {value} {thing}" for _, thing, value in facts) + "."
+    """One sentence stating one or two facts of one kind: "My dog is called Rex and my cat is called Tom.", "My kite is
+    red." (a thing before its value, so the answer repeats the statement's words up to the value)."""
+    verb = " is called " if facts[0][0] == "pet" else " is "
+    return "My " + " and my ".join(f"{thing}{verb}{value}" for _, thing, value in facts) + "."
 
 
 def _ask(fact: tuple[str, str, str]) -> tuple[str, str]:
@@ -597,7 +597,7 @@ def generate_chats(seed: int, num_convs: int) -> list[list[dict]]:
     convs = []
     for _ in range(num_convs):
         r = rng.random()
-        messages = _story_questions(rng) if r < 0.5 else _story_request(rng) if r < 0.6 else _fact_chat(rng)
+        messages = _story_questions(rng) if r < 0.2 else _story_request(rng) if r < 0.25 else _fact_chat(rng)
         if rng.random() < 0.25:
             messages.insert(0, {"role": "system", "content": rng.choice(_SYSTEM_PROMPTS)})
         convs.append(messages)

@@ -203,16 +203,15 @@ def test_chats_schema_and_correct_answers() -> None:
             if facts["friend"]:  # the rarest fact is always asked about
                 assert any("meet?" in question for question in turns[::2]), turns
             kinds["qa"] += 1
-        elif first.startswith(("My ", "I have ")):  # facts stated, then asked back in this or a later turn
+        elif first.startswith("My "):  # facts stated, then asked back in this or a later turn
             pets, owned = {}, {}
             for question, answer in zip(turns[::2], turns[1::2]):
                 for animal, name in re.findall(r"[Mm]y (\w+) is called (\w+)", question):
                     assert animal not in pets and name not in pets.values()  # every fact of a chat is new
                     pets[animal] = name
-                if question.startswith("I have "):
-                    for color, obj in re.findall(rf"\b({_C}) ({_O})\b", question):
-                        assert obj not in owned and color not in owned.values()
-                        owned[obj] = color
+                for obj, color in re.findall(rf"[Mm]y ({_O}) is ({_C})\b", question):
+                    assert obj not in owned and color not in owned.values()
+                    owned[obj] = color
                 if m := re.search(r"What is my (\w+) called\?$", question):
                     assert answer == f"Your {m[1]} is called {pets[m[1]]}."
                 else:
@@ -319,9 +318,9 @@ def _parse_note(text: str) -> float:
             i += 2
             continue
         pets = re.findall(r"[Mm]y (\w+) is called (\w+)", s)
-        toys = re.findall(rf"\ban? ({_C}) ({_O})\b", s)
-        facts = pets or [(o, c) for c, o in toys]
-        assert len(facts) in (1, 2) and s.startswith("My " if pets else "I have "), s
+        toys = re.findall(rf"[Mm]y ({_O}) is ({_C})\b", s)
+        facts = pets or toys
+        assert len(facts) in (1, 2) and s.startswith("My "), s
         bits += 1 + (len(told) < 5)  # kind, and one or two things unless only one more fits
         for thing, value in facts:
             bits += new("animal" if pets else "object", thing) + new("pet" if pets else "color", value)
@@ -345,8 +344,8 @@ def test_notes_bind_every_value_to_its_thing_and_their_bits_are_exact() -> None:
 
 def test_corpus_mixes_stories_and_notes() -> None:
     texts, bpb = syn.generate_corpus(3, 300)
-    notes = [t for t in texts if not t[0].isupper() or t.startswith(("My ", "I have ", "What "))]
-    assert len(notes) == 100 and texts[2] in notes and texts[0] not in notes
+    notes = [t for t in texts if t.startswith(("My ", "What "))]
+    assert len(notes) == 75 and texts[3] in notes and texts[0] not in notes
     assert syn.generate_corpus(3, 300) == (texts, bpb) and syn.generate_corpus(4, 300)[0] != texts
     stories_only = syn.generate_stories(3, 200)[1]
     assert 0.1 < bpb < 1.0 and bpb != stories_only
