@@ -34,6 +34,7 @@ def main() -> None:
         result, records = hellaswag.evaluate(model, items, tok, params.eval.batch_size, ctx)
     if ctx.is_main:
         write_bytes(args.records, "".join(json.dumps(r) + "\n" for r in records).encode())
+        result.update(hellaswag.by_kind(records))
         write_metrics(args.metrics, result)
         print(result)
     distributed.teardown()

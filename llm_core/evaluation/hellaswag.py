@@ -21,7 +21,8 @@ build-nanogpt (`acc_norm_tokens`, its `acc_norm`; GPT-2 124M: 0.2955 on the 10,0
 
 Rows longer than the model's context keep their last max_seq_len + 1 tokens (`loglik.py`); build-nanogpt never
 needs to cut (GPT-2's 1024 tokens hold every item). `evaluate` also returns one record per item (context, endings,
-log-likelihoods, lengths, the pick of each convention, label) for metrics/hellaswag_items.jsonl.
+log-likelihoods, lengths, the pick of each convention, label) for metrics/hellaswag_items.jsonl; on the built-in
+world's items `by_kind` adds `acc_norm` per kind of fact.
 """
 
 from __future__ import annotations
@@ -116,6 +117,19 @@ def evaluate(model, items: Iterable[dict], tokenizer, batch_size: int = 32,
     if n == 0:
         raise ValueError("no HellaSwag items to score; check data.hellaswag and eval.max_items")
     return {**{name: totals[k].item() / n for k, name in enumerate(PICKS)}, "num_items": n}, records
+
+
+def by_kind(records: list[dict]) -> dict[str, float]:
+    """`acc_norm_<kind>` for each kind of fact the built-in world's items ask about ("Story: pet name" ->
+    `acc_norm_pet_name`): which skills a model has, beside the overall figure. Empty for other items (the official
+    set has ~190 activity labels, too many for a metrics file; its records keep each item's label)."""
+    if not records or not all(str(r["source_id"]).startswith("synthetic") for r in records):
+        return {}
+    kinds: dict[str, list[int]] = {}
+    for r in records:
+        kind = re.sub(r"\W+", "_", r["activity_label"].removeprefix("Story:").strip())
+        kinds.setdefault(kind, []).append(int(r["pick"]["acc_norm"] == r["label"]))
+    return {f"acc_norm_{k}": sum(v) / len(v) for k, v in sorted(kinds.items())}
 
 
 def score_items(model, items: Iterable[dict], tokenizer, batch_size: int = 32,

@@ -143,3 +143,15 @@ def test_records_hold_what_each_pick_was_made_from():
         assert rec["pick"]["acc"] == max(range(4), key=lambda j: rec["loglik"][j])
     for name in hellaswag.PICKS:
         assert metrics[name] == pytest.approx(sum(r["pick"][name] == r["label"] for r in records) / 5)
+
+
+def test_built_in_items_are_also_scored_by_kind_of_fact():
+    def rec(label, kind, pick):
+        return {"source_id": "synthetic-1-0", "activity_label": f"Story: {kind}", "label": label,
+                "pick": {"acc_norm": pick}}
+
+    records = [rec(0, "pet name", 0), rec(1, "pet name", 2), rec(2, "friend", 2), rec(3, "object color", 0)]
+    assert hellaswag.by_kind(records) == {"acc_norm_pet_name": 0.5, "acc_norm_friend": 1.0,
+                                          "acc_norm_object_color": 0.0}
+    # official items: ~190 activity labels, left to the per-item records
+    assert hellaswag.by_kind([dict(records[0], source_id="activitynet~v_1")]) == {}
