@@ -124,9 +124,9 @@ def main() -> None:
             results.append(res)
             print(f"seed {seed} threads {threads}: " + " ".join(
                 f"{k}={v:.4g}" for k, v in res.items()
-                if (k in METRICS or k.startswith(("chat_acc", "sft_sec"))) and isinstance(v, (int, float))), flush=True)
+                if (k in METRICS or k.startswith(("chat_acc", "sft_sec", "acc_norm_"))) and isinstance(v, (int, float))), flush=True)
     summary = {}
-    metrics = list(METRICS) + sorted({k for r in results for k in r if k.startswith("chat_accuracy")} |
+    metrics = list(METRICS) + sorted({k for r in results for k in r if k.startswith(("chat_accuracy", "acc_norm_"))} |
                                      ({"sft_seconds"} if args.sft else set()))
     for k in metrics:
         values = [r[k] for r in results if isinstance(r.get(k), (int, float))]
