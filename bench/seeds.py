@@ -81,7 +81,7 @@ def one_run(base: Path, folder: Path, params: dict, sft: bool = False) -> dict:
         folder, log)
     seconds = time.perf_counter() - t0
     run(["stages.eval_hellaswag", "--model", "models/pretrain", "--tokenizer", "models/tokenizer", "--items",
-         "data/raw/hellaswag", "--metrics", "hellaswag.json"], folder, log)
+         "data/raw/hellaswag", "--metrics", "hellaswag.json", "--records", "hellaswag_items.jsonl"], folder, log)
     out = json.loads((folder / "pretrain.json").read_text()) | json.loads((folder / "hellaswag.json").read_text())
     out["seconds"] = seconds
     if sft:
