@@ -1,7 +1,8 @@
 """Benchmark one training step of a preset: tokens/s and MFU, against a baseline measured in the same run.
 
-A step is what `llm_core.train` does per micro-batch: forward, fp32 cross-entropy, backward, gradient clipping and a
-fused AdamW update (`llm_core.optim`), with bf16 autocast and torch.compile on CUDA. The baseline (`--baseline`):
+A step is what the training loop does per micro-batch: forward, fp32 cross-entropy, backward, gradient clipping and
+the optimizer update (`llm_core.training.optim`: Muon on hidden matrices and AdamW on the rest by default, or AdamW
+alone), with bf16 autocast and torch.compile on CUDA. The baseline (`--baseline`):
 - `hf` (default): transformers' LlamaForCausalLM of the same shape and weights (SDPA attention), run through the same
   step, precision and compile setting: the JSON's `ratio` is ours / Hugging Face;
 - `eager`: our model without torch.compile (ratio = compiled / eager; needs --compile);
@@ -10,9 +11,14 @@ fused AdamW update (`llm_core.optim`), with bf16 autocast and torch.compile on C
 MFU = flops_per_token (6N + 12LDT, `ModelConfig.flops_per_token`) x tokens/s / peak bf16 FLOP/s, reported only where
 the peak is known (`llm_core.tracking.PEAK_BF16_FLOPS`, or --peak-flops).
 
+A roofline on any device: the same run also measures this machine's dense matrix multiply (square, `--peak-size`,
+in the step's precision, on the same threads), interleaved with the timed steps so both see the same machine, and
+reports each model's `fraction_of_matmul_peak` = achieved FLOP/s (by the 6N + 12LDT count) / that matmul FLOP/s.
+On a shared machine each figure is the best of `--rounds` rounds.
+
     python bench/train_step.py                                   # 124m, bf16 + compile on a GPU; tiny on CPU
     python bench/train_step.py --preset 350m --batch-size 8 --attention triton
-    python bench/train_step.py --preset tiny --steps 5           # CPU: proves the command end to end
+    python bench/train_step.py --preset tiny --threads 2         # CPU: the default run's step (16 x 256, Muon)
 
 The last line of output is a JSON object. Record GPU numbers in bench/RESULTS.md with date and hardware.
 """
@@ -43,20 +49,27 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--preset", choices=sorted(PRESETS), help="default 124m on CUDA, tiny on CPU")
     ap.add_argument("--steps", type=int, help="timed steps (default 20 on CUDA, 5 on CPU)")
     ap.add_argument("--warmup", type=int, help="untimed steps first, compile included (default 5 on CUDA, 1 on CPU)")
-    ap.add_argument("--batch-size", type=int, help="sequences per step (default 16 on CUDA, 8 on CPU)")
-    ap.add_argument("--seq-len", type=int, help="default the preset's max_seq_len on CUDA, 128 on CPU")
-    ap.add_argument("--vocab", type=int, help="default 50304 (GPT-2's, padded to 128) on CUDA, 2048 on CPU")
+    ap.add_argument("--batch-size", type=int, help="sequences per step (default 16)")
+    ap.add_argument("--seq-len", type=int, help="default the preset's max_seq_len on CUDA, 256 on CPU (the default "
+                                                "run's rows)")
+    ap.add_argument("--vocab", type=int, help="default 50304 (GPT-2's, padded to 128) on CUDA, 975 on CPU (the "
+                                              "default run's trained tokenizer)")
     ap.add_argument("--precision", choices=["bf16", "fp32"], help="default bf16 on CUDA, fp32 on CPU")
     ap.add_argument("--compile", choices=["auto", "true", "false"], default="auto", help="auto = on CUDA")
     ap.add_argument("--attention", choices=["sdpa", "triton", "naive"], default="sdpa")
     ap.add_argument("--baseline", choices=["hf", "eager", "none"], default="hf")
     ap.add_argument("--peak-flops", type=float, default=0.0, help="peak FLOP/s for MFU when the device is not known")
+    ap.add_argument("--peak-size", type=int, default=1024, help="side of the square matmul of the roofline")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of (steps, matmul); each figure is the best round")
+    ap.add_argument("--optimizer", choices=["adamw", "muon"], default="muon",
+                    help="muon (the pipeline's default): Muon on hidden matrices, AdamW on the rest")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     args = ap.parse_args(argv)
     args.preset = args.preset or ("124m" if HAS_CUDA else "tiny")
     args.steps = args.steps or (20 if HAS_CUDA else 5)
     args.warmup = args.warmup if args.warmup is not None else (5 if HAS_CUDA else 1)
-    args.batch_size = args.batch_size or (16 if HAS_CUDA else 8)
-    args.vocab = args.vocab or (50304 if HAS_CUDA else 2048)
+    args.batch_size = args.batch_size or 16
+    args.vocab = args.vocab or (50304 if HAS_CUDA else 975)
     args.precision = args.precision or ("bf16" if HAS_CUDA else "fp32")
     args.compile = HAS_CUDA if args.compile == "auto" else args.compile == "true"
     if args.baseline == "eager" and not args.compile:
@@ -74,9 +87,10 @@ def _hf_model(model: Transformer) -> torch.nn.Module:
     return hf
 
 
-def _step_fn(model: torch.nn.Module, compiled: bool, amp: torch.dtype | None, device: torch.device, is_hf: bool):
-    train_cfg = TrainConfig(lr=3e-4, weight_decay=0.1)
-    (opt,) = optim.build_optimizers(model, train_cfg, device.type)
+def _step_fn(model: torch.nn.Module, compiled: bool, amp: torch.dtype | None, device: torch.device, is_hf: bool,
+             optimizer: str = "adamw"):
+    train_cfg = TrainConfig(lr=3e-4, weight_decay=0.1, optimizer=optimizer)
+    opts = optim.build_optimizers(model, train_cfg, device.type)
     fwd = torch.compile(model) if compiled else model
     autocast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -87,37 +101,55 @@ def _step_fn(model: torch.nn.Module, compiled: bool, amp: torch.dtype | None, de
             loss = loss_fn(logits, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         return loss.detach()
 
     return step
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def _measure(step, batches, warmup: int, steps: int, device: torch.device) -> float:
     """Seconds per step, averaged over `steps` after `warmup` untimed steps."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     for i in range(warmup):
         step(*batches[i % len(batches)])
-    sync()
+    _sync(device)
     start = time.perf_counter()
     for i in range(steps):
         loss = step(*batches[i % len(batches)])
     loss.item()  # waits for the last step
-    sync()
+    _sync(device)
     return (time.perf_counter() - start) / steps
+
+
+def matmul_flops(n: int, dtype: torch.dtype, device: torch.device, repeats: int = 10) -> float:
+    """FLOP/s of an (n x n) @ (n x n) matmul: the roofline a training step's FLOP/s is read against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = _parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if HAS_CUDA else "cpu")
     if HAS_CUDA:
         torch.backends.cuda.matmul.allow_tf32 = True
     cfg = ModelConfig(preset=args.preset, attention=args.attention).resolved(args.vocab)
-    seq = args.seq_len or (cfg.max_seq_len if HAS_CUDA else min(128, cfg.max_seq_len))
+    seq = args.seq_len or (cfg.max_seq_len if HAS_CUDA else min(256, cfg.max_seq_len))
     amp = torch.bfloat16 if args.precision == "bf16" else None
     tokens_per_step = args.batch_size * seq
     peak = peak_flops(device, args.peak_flops)
@@ -125,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     device_name = torch.cuda.get_device_name() if HAS_CUDA else f"cpu ({platform.processor() or platform.machine()})"
     print(f"train step benchmark on {device_name}: preset {args.preset} ({cfg.num_params() / 1e6:.1f}M params, "
           f"vocab {args.vocab}), batch {args.batch_size} x seq {seq}, {args.precision}, compile={args.compile}, "
-          f"attention={args.attention}")
+          f"attention={args.attention}, optimizer={args.optimizer}, {torch.get_num_threads()} threads")
 
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, args.vocab, (args.batch_size, seq), generator=gen).to(device),
@@ -139,11 +171,28 @@ def main(argv: list[str] | None = None) -> dict:
         candidates.append(("hf_llama", _hf_model(model).to(device), args.compile, True))
     elif args.baseline == "eager":
         candidates.append(("ours_eager", Transformer(cfg).to(device), False, False))
-    for name, m, compiled, is_hf in candidates:
-        if HAS_CUDA:
-            torch.cuda.reset_peak_memory_stats()
-        sec = _measure(_step_fn(m, compiled, amp, device, is_hf), batches, args.warmup, args.steps, device)
-        r = {"step_ms": round(sec * 1e3, 3), "tokens_per_sec": round(tokens_per_step / sec, 1)}
+    steps = {name: _step_fn(m, compiled, amp, device, is_hf, args.optimizer)
+             for name, m, compiled, is_hf in candidates}
+    for name, step in steps.items():  # warm up (and compile) every model before any timing
+        _measure(step, batches, args.warmup, 1, device)
+    # rounds of (each model's steps, the matmul peak): a shared machine's slow moments hit both sides alike
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    peaks: list[float] = []
+    mm_dtype = amp or torch.float32
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            if HAS_CUDA:
+                torch.cuda.reset_peak_memory_stats()
+            seconds[name].append(_measure(step, batches, 0, args.steps, device))
+        peaks.append(matmul_flops(args.peak_size, mm_dtype, device))
+    matmul_peak = max(peaks)
+    print(f"  matmul {args.peak_size}x{args.peak_size} {str(mm_dtype).removeprefix('torch.')}: "
+          f"{matmul_peak / 1e9:.1f} GFLOP/s (best of {args.rounds})")
+    for name, m, _, _ in candidates:
+        sec = min(seconds[name])
+        r = {"step_ms": round(sec * 1e3, 3), "tokens_per_sec": round(tokens_per_step / sec, 1),
+             "flops_per_sec": round(flops_per_token * tokens_per_step / sec, 1),
+             "fraction_of_matmul_peak": round(flops_per_token * tokens_per_step / sec / matmul_peak, 3)}
         if peak:
             r["mfu"] = round(flops_per_token * tokens_per_step / sec / peak, 4)
         if HAS_CUDA:
@@ -159,7 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "train_step", "device": device_name, "torch": torch.__version__, "preset": args.preset,
         "num_params": cfg.num_params(), "vocab": args.vocab, "batch_size": args.batch_size, "seq_len": seq,
         "tokens_per_step": tokens_per_step, "precision": args.precision, "compile": args.compile,
-        "attention": args.attention, "flops_per_token": flops_per_token, "peak_flops": peak or None, **runs,
+        "attention": args.attention, "optimizer": args.optimizer, "threads": torch.get_num_threads(),
+        "flops_per_token": flops_per_token, "peak_flops": peak or None,
+        "matmul_peak_flops": round(matmul_peak, 1), "fraction_of_matmul_peak": runs["ours"]["fraction_of_matmul_peak"],
+        **runs,
     }
     if len(runs) == 2:
         base = next(k for k in runs if k != "ours")

@@ -4,6 +4,7 @@ error types our code raises for user mistakes, raised by our own code, are turne
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -42,8 +43,33 @@ def format_error(stage: str, message: str) -> str:
     return "\n".join(lines)
 
 
+class _StageFormatter(logging.Formatter):
+    """`<stage>: <message>`, and `<stage>: warning: <message>` from WARNING up: every line says whose it is."""
+
+    def __init__(self, stage: str):
+        super().__init__()
+        self.stage = stage
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        return f"{self.stage}: {level}{record.getMessage()}"
+
+
+def setup_logging(stage: str) -> None:
+    """Route the core's log records (llm_core.*) to stdout with the stage's name in front."""
+    logger = logging.getLogger("llm_core")
+    for handler in [h for h in logger.handlers if isinstance(h.formatter, _StageFormatter)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_StageFormatter(stage))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def run(stage: str, main: Callable[[], object]) -> None:
     """Call `main`; on a user mistake print the short block and exit 2."""
+    setup_logging(stage)
     try:
         main()
     except KeyboardInterrupt:
