@@ -97,6 +97,12 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
 
 
+def resolve_compile(choice: str | bool, device: torch.device) -> bool:
+    """Whether to torch.compile the model: `auto` compiles on CUDA and stays eager on the CPU, where compiling the
+    small models that train there costs more time than it saves (bench/RESULTS.md, "Training engine")."""
+    return choice is True or (choice == "auto" and device.type == "cuda")
+
+
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, parallel: ParallelConfig, job: Job,
                  quiet: bool = False):
@@ -153,7 +159,7 @@ class Trainer:
             checkpoint.restore_rng(saved["rng"])
             if saved.get("scaler"):
                 self.scaler.load_state_dict(saved["scaler"])
-        if cfg.compile is True or (cfg.compile == "auto" and self.device.type == "cuda"):
+        if resolve_compile(cfg.compile, self.device):
             self.step_model = torch.compile(self.step_model)
         self.autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                          else contextlib.nullcontext())
