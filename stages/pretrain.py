@@ -1,4 +1,5 @@
-"""Stage pretrain: train the Transformer on the token shards -> models/pretrain + metrics/pretrain.json."""
+"""Stage pretrain: train the Transformer on the token shards -> models/pretrain + metrics/pretrain.json. With
+model.init: hf it continues from the imported model (models/init), whose architecture it keeps."""
 
 import argparse
 import sys
@@ -9,6 +10,7 @@ from llm_core.config import load_params
 from llm_core.data import loader, shards, sources
 from llm_core.data.tokenizer import Tokenizer
 from llm_core.files import write_metrics
+from llm_core.model.io import read_config
 from llm_core.training import plan
 from llm_core.training.loop import Job, compared, train
 
@@ -23,6 +25,7 @@ def main() -> None:
     ap.add_argument("--metrics", default="metrics/pretrain.json")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, memory and time estimates; write nothing")
     ap.add_argument("--hellaswag", help="HellaSwag items scored during training (eval.hellaswag_every)")
+    ap.add_argument("--init", default="models/init", help="the imported model (model.init: hf)")
     args = ap.parse_args()
     params = load_params()
     if not plan.requested(args.dry_run):
@@ -36,10 +39,17 @@ def main() -> None:
     every = params.eval.hellaswag_every if args.hellaswag else 0
     items = (list(sources.read_dataset(args.hellaswag, "val", "download_hellaswag"))[:params.eval.hellaswag_items]
              if every else None)
+    init = Path(args.init) if params.model.init == "hf" else None
+    if init is not None and not (init / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no imported model in {init}; run `dvc repro import_model` first")
     job = Job(train_rows, val_rows, Path(args.out), Path(args.live), token_bytes=tok.token_bytes(), bos_id=tok.bos_id,
-              data_fingerprint=shards.data_fingerprint(manifest), desc="pretrain", hellaswag=items,
+              init_from=init, data_fingerprint=shards.data_fingerprint(manifest), desc="pretrain", hellaswag=items,
               hellaswag_every=every, tokenizer=tok)
-    model_cfg = params.model.resolved(tok.vocab_size)
+    # an imported model keeps its own architecture (checked against model.* by the import stage)
+    model_cfg = read_config(init, params.model.attention) if init else params.model.resolved(tok.vocab_size)
+    if model_cfg.vocab_size < tok.vocab_size:
+        raise ValueError(f"{args.tokenizer} has {tok.vocab_size} tokens but {init} only {model_cfg.vocab_size} "
+                         "embeddings; rerun `dvc repro import_model train_tokenizer`")
     if plan.requested(args.dry_run):
         print(plan.report(model_cfg, cfg, params.parallel, job, "pretrain"))
         sys.exit(plan.EXIT_STATUS)

@@ -76,6 +76,8 @@ def pipeline_copy(dst: Path, overrides: dict) -> Path:
         else:
             shutil.copy(src, dst / name)
     shutil.copytree(ROOT / ".dvc", dst / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    (dst / "hf").mkdir()  # the default model.init_path (a dependency of import_model), without any downloads
+    shutil.copy(ROOT / "hf" / "README.md", dst / "hf" / "README.md")
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)

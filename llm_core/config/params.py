@@ -16,9 +16,10 @@ import yaml
 
 from llm_core.config.base import (TRACE_ENV, ParamsError, _at_least, _auto_or_int, _choice, _Section,
                                   start_trace)
-from llm_core.config.model import ModelConfig
+from llm_core.config.model import NOT_PARAMS, ModelConfig
 
 PARAMS_FILE = "params.yaml"
+MODELS = ("pretrain", "sft", "init")  # the model folders under models/ that evaluation and sampling can read
 
 
 @dataclass
@@ -80,14 +81,16 @@ class TokenizerConfig(_Section):
     vocab_size: int = 2048  # including the special tokens
     min_frequency: int = 2  # a pair must occur this often to be merged
     train_bytes: int = 0  # train on at most this many bytes of the corpus (0 = all of it)
-    source: str = "train"  # train (BPE on our corpus) | tiktoken:<encoding>, e.g. tiktoken:gpt2, tiktoken:cl100k_base
+    # train (BPE on our corpus) | tiktoken:<encoding>, e.g. tiktoken:gpt2 | hf (the folder model.init_path's)
+    source: str = "train"
 
     def validate(self) -> None:
         _at_least("tokenizer.vocab_size", self.vocab_size, 300)
         _at_least("tokenizer.min_frequency", self.min_frequency, 1)
         _at_least("tokenizer.train_bytes", self.train_bytes, 0)
-        if self.source != "train" and not (self.source.startswith("tiktoken:") and self.source[len("tiktoken:"):]):
-            raise ParamsError(f"params.yaml: tokenizer.source must be train or tiktoken:<encoding> such as "
+        if self.source not in ("train", "hf") and not (self.source.startswith("tiktoken:")
+                                                       and self.source[len("tiktoken:"):]):
+            raise ParamsError(f"params.yaml: tokenizer.source must be train, hf or tiktoken:<encoding> such as "
                               f"tiktoken:gpt2 or tiktoken:cl100k_base (got {self.source!r})")
 
 
@@ -152,7 +155,8 @@ class TrainConfig(_Section):
         return self.global_batch_tokens // per_micro
 
     def validate(self, prefix: str) -> None:
-        for key in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
+        _at_least(f"{prefix}.steps", self.steps, 0 if prefix == "pretrain" else 1)  # 0: import only
+        for key in ("batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
                     "checkpoint_every", "keep_checkpoints"):
             _at_least(f"{prefix}.{key}", getattr(self, key), 1)
         _at_least(f"{prefix}.warmup_steps", self.warmup_steps, 0)
@@ -204,7 +208,7 @@ class ParallelConfig(_Section):
 
 @dataclass
 class EvalConfig(_Section):
-    model: str = "pretrain"  # which checkpoint to score: pretrain | sft
+    model: str = "pretrain"  # which checkpoint to score: pretrain | sft | init (the imported model)
     max_items: int = 0  # score at most this many items (0 = all)
     batch_size: int = 32  # items per forward pass
     chat_items: int = 200  # held-out chat questions scored by eval_chat
@@ -212,7 +216,7 @@ class EvalConfig(_Section):
     hellaswag_items: int = 100  # size of that subset
 
     def validate(self) -> None:
-        _choice("eval.model", self.model, ("pretrain", "sft"))
+        _choice("eval.model", self.model, MODELS)
         _at_least("eval.max_items", self.max_items, 0)
         _at_least("eval.batch_size", self.batch_size, 1)
         _at_least("eval.chat_items", self.chat_items, 1)
@@ -222,7 +226,7 @@ class EvalConfig(_Section):
 
 @dataclass
 class SampleConfig(_Section):
-    model: str = "sft"  # pretrain | sft
+    model: str = "sft"  # pretrain | sft | init
     prompts: list[str] = field(default_factory=lambda: ["Once upon a time"])  # plain text continuations
     chat_prompts: list[str] = field(default_factory=list)  # user messages rendered through the chat template
     max_new_tokens: int = 96
@@ -235,7 +239,7 @@ class SampleConfig(_Section):
     max_batch: int = 64  # sequences decoded together; more prompts wait and join as rows free up
 
     def validate(self) -> None:
-        _choice("sample.model", self.model, ("pretrain", "sft"))
+        _choice("sample.model", self.model, MODELS)
         _at_least("sample.max_new_tokens", self.max_new_tokens, 1)
         _at_least("sample.max_batch", self.max_batch, 1)
         if self.prompts_file and not self.prompts_file.endswith((".txt", ".jsonl")):
@@ -269,13 +273,22 @@ class Params:
         self.tokenizer.validate()
         self.tokenize.validate()
         self.model.validate()
-        shape = self.model.resolved(vocab_size=256)  # shape errors surface now, not when training starts
-        for name in ("pretrain", "sft"):
+        # shape errors surface now, not when training starts (an imported model's shape: by the import stage)
+        shape = self.model.resolved(vocab_size=256) if self.model.init != "hf" else None
+        for name in ("pretrain", "sft") if shape is not None else ():
             if getattr(self, name).seq_len > shape.max_seq_len:
                 raise ParamsError(f"params.yaml: {name}.seq_len ({getattr(self, name).seq_len}) exceeds the model's "
                                   f"max_seq_len ({shape.max_seq_len}); lower it or set model.max_seq_len")
         self.pretrain.validate("pretrain")
         self.sft.validate("sft")
+        if self.model.init != "hf":  # what only an imported model makes possible
+            if self.pretrain.steps == 0:
+                raise ParamsError("params.yaml: pretrain.steps: 0 (import only) needs model.init: hf; set "
+                                  "pretrain.steps >= 1 or model.init: hf")
+            for key in ("eval.model", "sample.model"):
+                if getattr(getattr(self, key.split(".")[0]), "model") == "init":
+                    raise ParamsError(f"params.yaml: {key}: init reads the imported model (models/init), but "
+                                      f"model.init is not hf; set {key}: pretrain or sft, or model.init: hf")
         self.parallel.validate()
         self.eval.validate()
         self.sample.validate()
@@ -314,7 +327,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"params.yaml: {prefix or 'top level'} must be a mapping (got {type(raw).__name__})")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "vocab_size" or cls is not ModelConfig}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in NOT_PARAMS or cls is not ModelConfig}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(fields))
     if unknown:

@@ -6,7 +6,8 @@ Design choices, Llama-2 style by default:
 - attention per block: grouped-query (n_kv_heads <= n_heads, 1 = multi-query) or multi-head latent attention
   (`mla.py`), all through one dispatch function;
 - feed-forward per block: SwiGLU or a mixture of experts (`moe.py`); blocks may differ (`ModelConfig.layer(i)`);
-- no biases anywhere; optional QK-norm; optional dropout on each block's attention and feed-forward outputs;
+- no biases by default (imported checkpoints may have them: q/k/v, attention output, SwiGLU); optional QK-norm;
+  optional dropout on each block's attention and feed-forward outputs;
 - tied input/output embeddings by default;
 - init: normal(model.init_std, 0.02 in every preset), residual output projections scaled by 1/sqrt(2 * n_layers)
   (GPT-2) so the residual stream's variance does not grow with depth;
@@ -83,10 +84,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.backend = cfg.attention
-        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.out_bias)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
@@ -127,7 +128,7 @@ class Block(nn.Module):
         self.attn = MLA(cfg) if cfg.attention_type == "mla" else Attention(cfg)
         self.rope_dim = cfg.rope_dim
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.ffn = MoE(cfg) if cfg.ffn == "moe" else FeedForward(cfg.d_model, cfg.ffn_hidden)
+        self.ffn = MoE(cfg) if cfg.ffn == "moe" else FeedForward(cfg.d_model, cfg.ffn_hidden, cfg.mlp_bias)
         # no module at all without dropout: nothing draws random numbers, so runs stay as they were
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
@@ -152,7 +153,7 @@ class Transformer(nn.Module):
         # not persistent: derived from the config, so checkpoints hold weights only
         self.rope_dims = sorted({block.rope_dim for block in self.layers})
         for dim in self.rope_dims:
-            cos, sin = rope_tables(dim, cfg.max_seq_len, cfg.rope_theta)
+            cos, sin = rope_tables(dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
             self.register_buffer(f"rope_cos_{dim}", cos, persistent=False)
             self.register_buffer(f"rope_sin_{dim}", sin, persistent=False)
         self.reset_parameters()
@@ -164,6 +165,8 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 nn.init.ones_(p)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
             elif name.endswith(("attn.wo.weight", "ffn.w2.weight", "ffn.w2", "ffn.shared.w2.weight")):
                 nn.init.normal_(p, mean=0.0, std=residual_std)
             else:
@@ -172,7 +175,7 @@ class Transformer(nn.Module):
             if name.endswith("expert_bias"):
                 buf.zero_()
         for dim in self.rope_dims:
-            cos, sin = rope_tables(dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+            cos, sin = rope_tables(dim, self.cfg.max_seq_len, self.cfg.rope_theta, self.cfg.rope_scaling)
             getattr(self, f"rope_cos_{dim}").copy_(cos)
             getattr(self, f"rope_sin_{dim}").copy_(sin)
 

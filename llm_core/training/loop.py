@@ -344,6 +344,8 @@ class Trainer:
         last_train_loss, last_val = float("nan"), {}
         stopped_early = False
         t_start = time.perf_counter()
+        if cfg.steps == 0:  # import only: the metrics describe the imported weights on this data
+            last_val = self.evaluate()
         self.step_model.train()
         while state["step"] < cfg.steps:
             metrics = self.train_step()
