@@ -139,13 +139,14 @@ def import_init(model: ModelConfig, tokenizer: TokenizerConfig, out: Path) -> di
                                         "first, e.g. `huggingface-cli download HuggingFaceTB/SmolLM2-135M "
                                         "--local-dir hf/SmolLM2-135M`")
             info["folder"] = str(folder)
+        if model.init == "hf":  # the architecture first: a checkpoint that cannot be imported stops here
+            where = f"{folder}/config.json"
+            arch = families.model_config(read_hf_config(folder), where, model.max_seq_len, model.attention)
+            check_params(model, arch, where)
         if hf_tokenizer:
             added = import_tokenizer(folder, tmp / TOKENIZER_DIR)
             info["added_tokens"] = added
         if model.init == "hf":
-            where = f"{folder}/config.json"
-            arch = families.model_config(read_hf_config(folder), where, model.max_seq_len, model.attention)
-            check_params(model, arch, where)
             weights = ours_from_hf(load_hf_weights(folder), arch)
             tok = Tokenizer.from_dir(tmp / TOKENIZER_DIR)
             new_ids = [tok.special_ids[t] for t in added]
