@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 
 from llm_core import export
-from llm_core.export.convert import DTYPES, TOKENIZER_FILES, export_hf, import_hf
+from llm_core.config import ModelConfig, TokenizerConfig
+from llm_core.export.convert import DTYPES, export_hf, import_hf
+from llm_core.export.init import TOKENIZER_DIR, import_init
 from llm_core.model.io import load_model, write_model
 from llm_core.model.transformer import Transformer
 
@@ -41,14 +42,21 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.from_hf:
         try:
-            model = import_hf(args.src)
+            if (args.src / "tokenizer.json").is_file():  # as the import_model stage does it
+                info = import_init(ModelConfig(init="hf", init_path=str(args.src)), TokenizerConfig(source="hf"),
+                                   args.dst)
+                # a model folder keeps its tokenizer beside the weights (llm-chat --model finds it there)
+                for path in sorted((args.dst / TOKENIZER_DIR).iterdir()):
+                    path.rename(args.dst / path.name)
+                (args.dst / TOKENIZER_DIR).rmdir()
+                count = info["num_params"]
+            else:
+                model = import_hf(args.src)
+                write_model(args.dst, model)
+                count = model.num_params()
         except (ValueError, FileNotFoundError) as e:
             sys.exit(f"import failed: {e}")
-        write_model(args.dst, model)
-        for name in TOKENIZER_FILES:
-            if (args.src / name).is_file():
-                shutil.copy(args.src / name, args.dst / name)
-        print(f"imported {args.src} -> {args.dst} ({model.num_params():,} parameters)")
+        print(f"imported {args.src} -> {args.dst} ({count:,} parameters)")
         return
     try:
         model = load_model(args.src)

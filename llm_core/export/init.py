@@ -75,6 +75,15 @@ def _template_of(folder: Path, config: dict) -> str | None:
 
 def import_tokenizer(folder: Path, out: Path) -> list[str]:
     """The folder's tokenizer into `out` (a folder `Tokenizer.from_dir` reads); returns the tokens added to it."""
+    if (folder / "tokenizer.json").is_file() and not (folder / HF_MARKER).is_file():
+        try:  # a folder this project exported: its tokenizer is one of ours, kept as it is (with its fast encoder)
+            Tokenizer.from_dir(folder)
+            out.mkdir(parents=True, exist_ok=True)
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                shutil.copy(folder / name, out / name)
+            return []
+        except ValueError:
+            pass
     if not (folder / "tokenizer.json").is_file():
         raise FileNotFoundError(
             f"{folder} has no tokenizer.json (tokenizer.source: hf reads a fast tokenizer); if it has only a "

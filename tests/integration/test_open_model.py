@@ -1,0 +1,150 @@
+"""Start from an open model, through the real stages: a tiny saved transformers model of each family is imported,
+pretrained a few steps more on our data and fine-tuned for chat; the export is the same family and transformers
+loads it with our logits and our chat template. Then the documented route end to end through the real `dvc repro`
+on a copy of the repository: import only (pretrain.steps: 0), SFT, the same evaluation on the imported and the
+fine-tuned model, and a different checkpoint in the same folder rerunning what follows."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from llm_core import export
+from llm_core.data import chat
+from llm_core.data.tokenizer import Tokenizer
+from llm_core.model.io import load_model
+from tests.helpers import ROOT, merge, pipeline_copy, run_ok
+from tests.hf_folders import SHAPES, build, save_model
+
+transformers = pytest.importorskip("transformers")
+
+TINY = {
+    "data": {"num_docs": 120, "sft": {"num_docs": 60}, "hellaswag": {"num_docs": 8}, "val_fraction": 0.1},
+    "tokenize": {"workers": 1},
+    "tokenizer": {"source": "hf"},
+    "model": {"init": "hf"},  # model.init_path: the folder each test builds
+    "pretrain": {"steps": 2, "batch_size": 2, "seq_len": 64, "eval_every": 2, "eval_batches": 1, "warmup_steps": 1,
+                 "compile": False, "threads": 1},
+    "sft": {"steps": 2, "batch_size": 2, "seq_len": 512, "eval_every": 2, "eval_batches": 1, "warmup_steps": 1,
+            "compile": False, "threads": 1},
+    "eval": {"hellaswag_every": 0, "chat_items": 8},
+    "sample": {"max_new_tokens": 8},
+}
+CONV = [{"role": "user", "content": "What is Milo?"}, {"role": "assistant", "content": "A cat."},
+        {"role": "user", "content": "What colour?"}]
+
+
+def set_params(repo: Path, over: dict) -> None:
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), over)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run_stage(repo: Path, monkeypatch, module: str, *args: str) -> None:
+    """A stage script run as `python -m <module> <args>` would, in this process (no interpreter start-up)."""
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    runpy.run_module(module, run_name="__main__", alter_sys=False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """params.yaml and the downloaded built-in data, shared by the families."""
+    repo = tmp_path_factory.mktemp("open_model")
+    shutil.copy(ROOT / "params.yaml", repo / "params.yaml")
+    set_params(repo, TINY)
+    with pytest.MonkeyPatch.context() as mp:
+        for kind in ("pretrain", "sft"):
+            run_stage(repo, mp, "stages.download", kind, f"data/raw/{kind}")
+    return repo
+
+
+@pytest.mark.parametrize("name", ["llama3.2", "tinyllama", "qwen2", "mistral"])
+def test_continued_pretraining_and_sft_then_export(name, data, tmp_path, monkeypatch, stories):
+    repo = Path(shutil.copytree(data, tmp_path / "repo"))
+    folder = build(tmp_path / "hf", name, stories[:200], max_position_embeddings=512)
+    set_params(repo, {"model": {"init": "hf", "init_path": str(folder)}})
+    run_stage(repo, monkeypatch, "stages.import_model", "models/init")
+    run_stage(repo, monkeypatch, "stages.train_tokenizer", "data/raw/pretrain", "models/tokenizer")
+    for kind in ("pretrain", "sft"):
+        run_stage(repo, monkeypatch, "stages.tokenize", kind, "--raw", f"data/raw/{kind}", "--tokenizer",
+                  "models/tokenizer", "--out", f"data/tokens/{kind}")
+    run_stage(repo, monkeypatch, "stages.pretrain", "--hellaswag", "data/raw/hellaswag")
+    run_stage(repo, monkeypatch, "stages.sft")
+
+    init, pretrained, tuned = (load_model(repo / "models" / m) for m in ("init", "pretrain", "sft"))
+    assert tuned.cfg.family == SHAPES[name]["family"] and tuned.cfg == pretrained.cfg
+    for a, b in ((init, pretrained), (pretrained, tuned)):  # both stages moved the weights
+        assert not torch.equal(a.layers[0].attn.wq.weight, b.layers[0].attn.wq.weight)
+    for stage in ("pretrain", "sft"):
+        assert 0 < json.loads((repo / f"metrics/{stage}.json").read_text())["val_loss"] < 100
+
+    out = tmp_path / "export"
+    export.main([str(repo / "models/sft"), str(out), "--tokenizer", str(repo / "models/tokenizer"), "--verify"])
+    assert json.loads((out / "config.json").read_text())["model_type"] == SHAPES[name]["family"]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    x = torch.randint(0, tuned.cfg.vocab_size, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, tuned.eval()(x), atol=1e-5, rtol=0)
+    tok = Tokenizer.from_dir(repo / "models/tokenizer")
+    theirs = transformers.AutoTokenizer.from_pretrained(out).apply_chat_template(CONV, tokenize=True,
+                                                                                add_generation_prompt=True)
+    theirs = theirs if isinstance(theirs, list) else theirs["input_ids"]
+    assert chat.render(CONV, tok, add_generation_prompt=True)[0][-len(theirs):] == theirs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the route of docs/model.md through the real dvc
+
+
+def ran(output: str) -> list[str]:
+    import re
+
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+@pytest.mark.slow
+def test_open_model_route_through_dvc(tmp_path, stories):
+    folder = build(tmp_path / "hf" / "qwen2-tiny", "qwen2", stories[:200], max_position_embeddings=512)
+    over = merge(json.loads(json.dumps(TINY)), {
+        "model": {"init": "hf", "init_path": str(folder)},
+        "tokenize": {"workers": "auto"},  # encoder processes: the imported tokenizer travels to them
+        "pretrain": {"steps": 0},  # import only: SFT starts from the open model
+        "eval": {"model": "init", "max_items": 8},
+    })
+    repo = pipeline_copy(tmp_path / "repo", over)
+    dvc = [sys.executable, "-m", "dvc"]
+    out = run_ok(dvc + ["repro"], repo)
+    assert {"import_model", "train_tokenizer", "tokenize", "tokenize_sft", "pretrain", "sft", "eval_hellaswag",
+            "eval_chat", "sample"} <= set(ran(out))
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert any(d["path"] == str(folder) for d in lock["stages"]["import_model"]["deps"])  # the folder is hashed
+    info = json.loads((repo / "models/init/init.json").read_text())
+    assert info["family"] == "qwen2" and set(info["files"]) >= {"config.json", "model.safetensors", "tokenizer.json"}
+    # import only: the pretrain stage's model is the imported one, scored on our validation text
+    init, pretrained = load_model(repo / "models/init"), load_model(repo / "models/pretrain")
+    assert all(torch.equal(a, b) for a, b in zip(init.state_dict().values(), pretrained.state_dict().values()))
+    pre = json.loads((repo / "metrics/pretrain.json").read_text())
+    assert pre["val_loss"] > 0 and "val_bpb" in pre
+
+    # the same evaluation on the imported and on the fine-tuned model: only the evaluation reruns
+    before = json.loads((repo / "metrics/hellaswag.json").read_text())
+    set_params(repo, {"eval": {"model": "sft"}})
+    assert ran(run_ok(dvc + ["repro"], repo)) == ["eval_hellaswag"]
+    after = json.loads((repo / "metrics/hellaswag.json").read_text())
+    assert before["num_items"] == after["num_items"] == 8 and before != after
+
+    # another checkpoint in the same folder: the import and everything trained from it rerun, the data does not
+    save_model(folder, "qwen2", json.loads((folder / "config.json").read_text())["vocab_size"], seed=1,
+               **{k: v for k, v in json.loads((folder / "config.json").read_text()).items()
+                  if k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+                           "tie_word_embeddings", "rope_theta", "max_position_embeddings", "eos_token_id")})
+    stages = ran(run_ok(dvc + ["repro"], repo))
+    assert {"import_model", "pretrain", "sft", "eval_hellaswag"} <= set(stages)
+    assert "tokenize" not in stages and "tokenize_sft" not in stages
