@@ -6,6 +6,7 @@ fine-tuned model, and a different checkpoint in the same folder rerunning what f
 
 from __future__ import annotations
 
+import copy
 import json
 import runpy
 import shutil
@@ -20,30 +21,24 @@ from llm_core import export
 from llm_core.data import chat
 from llm_core.data.tokenizer import Tokenizer
 from llm_core.model.io import load_model
-from tests.helpers import ROOT, merge, pipeline_copy, run_ok
+from tests.helpers import ROOT, merge, pipeline_copy, run_ok, set_params, tiny_params
 from tests.hf_folders import SHAPES, build, save_model
 
 transformers = pytest.importorskip("transformers")
 
-TINY = {
-    "data": {"num_docs": 120, "sft": {"num_docs": 60}, "hellaswag": {"num_docs": 8}, "val_fraction": 0.1},
-    "tokenize": {"workers": 1},
-    "tokenizer": {"source": "hf"},
-    "model": {"init": "hf"},  # model.init_path: the folder each test builds
-    "pretrain": {"steps": 2, "batch_size": 2, "seq_len": 64, "eval_every": 2, "eval_batches": 1, "warmup_steps": 1,
-                 "compile": False, "threads": 1},
-    "sft": {"steps": 2, "batch_size": 2, "seq_len": 512, "eval_every": 2, "eval_batches": 1, "warmup_steps": 1,
-            "compile": False, "threads": 1},
-    "eval": {"hellaswag_every": 0, "chat_items": 8},
-    "sample": {"max_new_tokens": 8},
-}
+# the committed params with tiny training, the shape keys blank: the architecture is the imported folder's
+TINY = tiny_params(
+    data={"num_docs": 120, "sft": {"num_docs": 60}, "hellaswag": {"num_docs": 8}},
+    tokenizer={"source": "hf"},
+    model={"init": "hf", "n_layers": None, "d_model": None, "n_heads": None, "n_kv_heads": None, "ffn_hidden": None,
+           "max_seq_len": None},  # model.init_path: the folder each test builds
+    pretrain={"steps": 2, "batch_size": 2, "seq_len": 64, "eval_every": 2, "eval_batches": 1, "compile": False,
+              "threads": 1},
+    sft={"steps": 2, "seq_len": 512, "eval_every": 2, "compile": False, "threads": 1},
+    eval={"chat_items": 8},
+)
 CONV = [{"role": "user", "content": "What is Milo?"}, {"role": "assistant", "content": "A cat."},
         {"role": "user", "content": "What colour?"}]
-
-
-def set_params(repo: Path, over: dict) -> None:
-    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), over)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def run_stage(repo: Path, monkeypatch, module: str, *args: str) -> None:
@@ -112,7 +107,7 @@ def ran(output: str) -> list[str]:
 @pytest.mark.slow
 def test_open_model_route_through_dvc(tmp_path, stories):
     folder = build(tmp_path / "hf" / "qwen2-tiny", "qwen2", stories[:200], max_position_embeddings=512)
-    over = merge(json.loads(json.dumps(TINY)), {
+    over = merge(copy.deepcopy(TINY), {
         "model": {"init": "hf", "init_path": str(folder)},
         "tokenize": {"workers": "auto"},  # encoder processes: the imported tokenizer travels to them
         "pretrain": {"steps": 0},  # import only: SFT starts from the open model

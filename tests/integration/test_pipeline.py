@@ -11,19 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import pipeline_copy, project_env, run_ok
+from tests.helpers import pipeline_copy, project_env, run_ok, tiny_params
 from tests.pipeline_graph import params_report
-
-TINY = {
-    "data": {"num_docs": 300, "sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "val_fraction": 0.1},
-    "tokenizer": {"vocab_size": 600},
-    "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 256},
-    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "eval_batches": 2,
-                 "checkpoint_every": 3, "warmup_steps": 2},
-    "sft": {"steps": 3, "batch_size": 2, "seq_len": 256, "eval_every": 3, "eval_batches": 1, "warmup_steps": 1},
-    "sample": {"max_new_tokens": 8},
-    "eval": {"chat_items": 20, "hellaswag_every": 3, "hellaswag_items": 8},
-}
 
 
 run = run_ok
@@ -39,7 +28,8 @@ def ran_stages(output: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    return pipeline_copy(tmp_path_factory.mktemp("pipeline"), TINY)
+    # the HellaSwag curve during pretraining is on (steps 3 and 6)
+    return pipeline_copy(tmp_path_factory.mktemp("pipeline"), tiny_params(eval={"hellaswag_every": 3}))
 
 
 @pytest.mark.slow
