@@ -51,7 +51,7 @@ def main() -> None:
         raise ValueError(f"{args.tokenizer} has {tok.vocab_size} tokens but {init} only {model_cfg.vocab_size} "
                          "embeddings; rerun `dvc repro import_model train_tokenizer`")
     if plan.requested(args.dry_run):
-        print(plan.report(model_cfg, cfg, params.parallel, job, "pretrain"))
+        plan.dry_run(model_cfg, cfg, params.parallel, job, "pretrain")
         sys.exit(plan.EXIT_STATUS)
     result = train(model_cfg, cfg, params.parallel, job)
 

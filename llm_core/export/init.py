@@ -164,7 +164,9 @@ def import_init(model: ModelConfig, tokenizer: TokenizerConfig, out: Path) -> di
                                  f"config.json only {arch.vocab_size} embeddings: they do not belong together")
             if new_ids:
                 arch.vocab_size = _grow_vocab(weights, arch, min(new_ids), new_ids)
-            write_weights(tmp, arch, weights)
+            # a chat model when the folder brings its own chat template (an instruct model, or a base model that
+            # ships one: llm-chat can switch modes either way)
+            write_weights(tmp, arch, weights, {"chat": not added, "stage": "import_model"})
             info.update(family=arch.family, num_params=arch.num_params())
         if "folder" in info:  # provenance: exactly which files were read
             read = [p for p in sorted(folder.iterdir()) if p.is_file() and (p.name in _READ or (
