@@ -37,7 +37,8 @@ def test_repro_end_to_end_then_incremental(repo: Path, tmp_path: Path):
     dvc = [sys.executable, "-m", "dvc"]
     trace = tmp_path / "params_read.jsonl"
     out = run(dvc + ["repro"], repo, LLM_CORE_TRACE_PARAMS=str(trace))
-    assert set(ran_stages(out)) == {"download_pretrain", "download_sft", "download_hellaswag", "train_tokenizer",
+    assert set(ran_stages(out)) == {"download_pretrain", "download_sft", "download_hellaswag", "import_model",
+                                    "train_tokenizer",
                                     "tokenize", "tokenize_sft", "pretrain", "sft", "eval_hellaswag", "eval_chat",
                                     "sample"}
     # every params key a stage read while running is declared for it in dvc.yaml
