@@ -96,6 +96,24 @@ def test_continued_pretraining_and_sft_then_export(name, data, tmp_path, monkeyp
     assert chat.render(CONV, tok, add_generation_prompt=True)[0][-len(theirs):] == theirs
 
 
+def test_import_stage_refuses_in_one_block(data, tmp_path, monkeypatch, capsys, stories):
+    """A checkpoint it cannot import, and a params key contradicting the folder: the stage ends with the problem and
+    the fix, no traceback, and no models/init."""
+    repo = Path(shutil.copytree(data, tmp_path / "repo"))
+    gemma = tmp_path / "gemma"
+    transformers.GemmaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, head_dim=16,
+                             intermediate_size=64).save_pretrained(gemma)
+    qwen = build(tmp_path / "qwen", "qwen2", stories[:100])
+    for model, expected in (({"init_path": str(gemma)}, "model_type 'gemma' is not supported"),
+                            ({"init_path": str(qwen), "n_layers": 4}, "model.n_layers is 4 but")):
+        set_params(repo, {"model": model})
+        with pytest.raises(SystemExit) as exit_:
+            run_stage(repo, monkeypatch, "stages.import_model", "models/init")
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "import_model: error: " in err and expected in err, err
+        assert "Traceback" not in err and not (repo / "models/init").exists()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # the route of docs/model.md through the real dvc
 
