@@ -169,3 +169,25 @@ def stage(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess
     if ok:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# lm-evaluation-harness tasks over local files (the harness reads them offline)
+
+HELLASWAG_FIXTURE = ROOT / "tests/fixtures/hellaswag_official_schema.jsonl"
+
+
+def hellaswag_task_yaml(name: str, items: Path) -> str:
+    """A task that is the harness's own hellaswag (preprocessing, choices, metrics) over a local jsonl file."""
+    import importlib.util
+
+    official = Path(importlib.util.find_spec("lm_eval").origin).parent / "tasks/hellaswag/hellaswag.yaml"
+    return (f"include: {official}\ntask: {name}\ndataset_path: json\ndataset_name: null\n"
+            f"dataset_kwargs:\n  data_files:\n    validation: {items}\ntraining_split: null\n"
+            "validation_split: validation\n")
+
+
+def offline_harness_env(cache: Path) -> dict[str, str]:
+    """Environment in which the harness and the libraries under it never reach the network."""
+    return {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_CACHE": str(cache)}

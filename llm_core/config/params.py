@@ -207,6 +207,35 @@ class ParallelConfig(_Section):
 
 
 @dataclass
+class TextEvalConfig(_Section):
+    """The text eval_text scores: the pretraining corpus's validation split, or a source like the data's."""
+
+    source: str = "pretrain_val"  # pretrain_val (data/raw/pretrain, split val) | local | url | hf
+    paths: list[str] = field(default_factory=list)  # local: files or globs (txt, jsonl, parquet)
+    encoding: str = "utf-8"  # local/url: text encoding of the files
+    url: str = ""  # url: http(s) address of a txt / jsonl / parquet file
+    sha256: str = ""  # url: expected checksum of the download (empty = not checked)
+    hf_path: str = ""  # hf: dataset name on the hub (or a local dataset folder)
+    hf_name: str = ""  # hf: dataset config name
+    hf_split: str = "validation"  # hf: split to stream
+    column: str = ""  # text column (empty = text)
+    max_docs: int = 0  # score at most this many documents (0 = all)
+    max_bytes: int = 0  # stop after the document that reaches this many UTF-8 bytes (0 = no limit)
+
+    def validate(self, prefix: str = "eval.text") -> None:
+        _choice(f"{prefix}.source", self.source, ("pretrain_val", "local", "url", "hf"))
+        if self.source != "pretrain_val":
+            self.as_source().validate(prefix)
+        _at_least(f"{prefix}.max_docs", self.max_docs, 0)
+        _at_least(f"{prefix}.max_bytes", self.max_bytes, 0)
+
+    def as_source(self) -> SourceConfig:
+        """The same source as a data section (its reader applies no limit: eval_text applies max_docs/max_bytes)."""
+        keys = ("source", "paths", "encoding", "url", "sha256", "hf_path", "hf_name", "hf_split", "column")
+        return SourceConfig(**{k: getattr(self, k) for k in keys})
+
+
+@dataclass
 class EvalConfig(_Section):
     model: str = "pretrain"  # which checkpoint to score: pretrain | sft | init (the imported model)
     max_items: int = 0  # score at most this many items (0 = all)
@@ -214,6 +243,10 @@ class EvalConfig(_Section):
     chat_items: int = 200  # held-out chat questions scored by eval_chat
     hellaswag_every: int = 0  # pretraining: score a HellaSwag subset every this many steps (0 = off)
     hellaswag_items: int = 100  # size of that subset
+    text: TextEvalConfig = field(default_factory=TextEvalConfig)  # eval_text's corpus
+    harness_tasks: list[str] = field(default_factory=list)  # eval_harness: lm-evaluation-harness tasks ([] = off)
+    harness_limit: int = 0  # eval_harness: at most this many items per task (0 = all)
+    harness_include: str = ""  # eval_harness: a folder of extra task yaml files ("" = only the harness's)
 
     def validate(self) -> None:
         _choice("eval.model", self.model, MODELS)
@@ -222,6 +255,12 @@ class EvalConfig(_Section):
         _at_least("eval.chat_items", self.chat_items, 1)
         _at_least("eval.hellaswag_every", self.hellaswag_every, 0)
         _at_least("eval.hellaswag_items", self.hellaswag_items, 1)
+        self.text.validate()
+        for i, task in enumerate(self.harness_tasks):
+            if not task.strip():
+                raise ParamsError(f"params.yaml: eval.harness_tasks[{i}] is empty; name an lm-evaluation-harness "
+                                  "task such as hellaswag or arc_easy")
+        _at_least("eval.harness_limit", self.harness_limit, 0)
 
 
 @dataclass

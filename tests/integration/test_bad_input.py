@@ -122,6 +122,17 @@ def bad_prompts_line(repo):
                     "sample: fix: give the line one of them"], ["metrics/s.json"]
 
 
+def harness_not_installed(repo):
+    (repo / "lm_eval.py").write_text('raise ImportError("No module named lm_eval")\n')  # shadows an installed one
+    (repo / "metrics").mkdir(exist_ok=True)
+    (repo / "metrics/harness.json").write_text('{"hellaswag_acc_norm": 0.3}\n')
+    set_params(repo, {"eval": {"harness_tasks": ["hellaswag"]}})
+    return (["stages.eval_harness", "--model", "models/pretrain", "--tokenizer", "models/tokenizer",
+             "--metrics", "metrics/harness.json", "--report", "metrics/harness_report.json"],
+            ["eval_harness: error: eval.harness_tasks names tasks, but lm-evaluation-harness cannot be imported",
+             "eval_harness: fix: pip install 'lm-eval[hf]>=0.4.13,<0.5'"], ["metrics/harness.json"])
+
+
 CASES = {
     "an unknown params key": unknown_key,
     "a params value out of range": bad_value,
@@ -136,6 +147,7 @@ CASES = {
     "a missing model": missing_model,
     "a corrupt model file": corrupt_model,
     "a bad line in `sample.prompts_file`": bad_prompts_line,
+    "`eval.harness_tasks` without lm-evaluation-harness installed": harness_not_installed,
 }
 
 

@@ -146,16 +146,19 @@ def test_open_model_route_through_dvc(tmp_path, stories):
     pre = json.loads((repo / "metrics/pretrain.json").read_text())
     assert pre["val_loss"] > 0 and "val_bpb" in pre
 
-    # the same evaluation on the imported and on the fine-tuned model: only the evaluation reruns, and each time
+    # the same evaluations on the imported and on the fine-tuned model: only the evaluations rerun, and each time
     # the figures are those of the model eval.model names
     items = list(sources.read_dataset(repo / "data/raw/hellaswag", "val", "download_hellaswag"))[:8]
     tok = Tokenizer.from_dir(repo / "models/tokenizer")
+    bpb = {}
     for model in ("init", "sft"):
         set_params(repo, {"eval": {"model": model}})
-        stages = ran(run_ok(dvc + ["repro"], repo))
-        assert stages == ([] if model == "init" else ["eval_hellaswag"])
+        stages = set(ran(run_ok(dvc + ["repro"], repo)))
+        assert stages == (set() if model == "init" else {"eval_hellaswag", "eval_text", "eval_harness"})
         expected = hellaswag.score_items(load_model(repo / "models" / model), items, tok)
         assert json.loads((repo / "metrics/hellaswag.json").read_text()) == pytest.approx(expected)
+        bpb[model] = json.loads((repo / "metrics/eval_text.json").read_text())["bits_per_byte"]
+    assert bpb["init"] != bpb["sft"]  # bits per byte of the same text: what the fine-tune changed
 
     # another checkpoint in the same folder: the import reruns, and then the stages that read models/init are out of
     # date (pretrain, and from it everything after; train_tokenizer copies the same tokenizer, so the data stays)
