@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import re
 import shutil
 import subprocess
@@ -133,6 +134,31 @@ def harness_not_installed(repo):
              "eval_harness: fix: pip install 'lm-eval[hf]>=0.4.13,<0.5'"], ["metrics/harness.json"])
 
 
+def _open_model(repo, config: dict) -> None:
+    """A Hugging Face folder holding only config.json (the import checks it before reading anything else); the
+    previous import (of nothing) in models/init must stay."""
+    (repo / "hf/x").mkdir(parents=True)
+    (repo / "hf/x/config.json").write_text(json.dumps(config))
+    stage(repo, "stages.import_model", "models/init")
+    set_params(repo, {"model": {"init": "hf", "init_path": "hf/x"}, "tokenizer": {"source": "hf"}})
+
+
+def unsupported_family(repo):
+    _open_model(repo, {"model_type": "gemma", "hidden_size": 32, "num_attention_heads": 2, "head_dim": 16})
+    return (["stages.import_model", "models/init"],
+            ["import_model: error: hf/x/config.json: model_type 'gemma' is not supported: llm_core imports the "
+             "families llama, mistral, qwen2 (gemma has RMSNorm scaled by (1 + weight)"], ["models/init/init.json"])
+
+
+def contradicting_key(repo):
+    _open_model(repo, {"model_type": "llama", "num_hidden_layers": 3, "hidden_size": 32, "num_attention_heads": 2,
+                       "intermediate_size": 64, "vocab_size": 300})
+    return (["stages.import_model", "models/init"],
+            ["import_model: error: params.yaml: model.n_layers is 2 but hf/x/config.json has 3 (num_hidden_layers)",
+             "import_model: fix: with model.init: hf the architecture comes from the folder: leave model.n_layers "
+             "blank"], ["models/init/init.json"])
+
+
 CASES = {
     "an unknown params key": unknown_key,
     "a params value out of range": bad_value,
@@ -148,6 +174,8 @@ CASES = {
     "a corrupt model file": corrupt_model,
     "a bad line in `sample.prompts_file`": bad_prompts_line,
     "`eval.harness_tasks` without lm-evaluation-harness installed": harness_not_installed,
+    "an open model of a family the Transformer cannot compute": unsupported_family,
+    "a `model.*` key that contradicts the imported folder": contradicting_key,
 }
 
 
