@@ -142,6 +142,9 @@ class Transformer(nn.Module):
         super().__init__()
         assert cfg.vocab_size > 0 and cfg.n_layers is not None, "pass a resolved ModelConfig"
         self.cfg = cfg
+        # forward reads plain attributes, never the config: torch.compile then traces it as one graph whatever
+        # hooks a config object carries (params tracing wraps its attribute reads)
+        self.max_seq_len = cfg.max_seq_len
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg.layer(i)) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -193,8 +196,8 @@ class Transformer(nn.Module):
         if cache is not None and cache.lengths is not None:
             return self._forward_ragged(idx, cache)
         start = cache.pos if cache is not None else 0
-        if start + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        if start + T > self.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.max_seq_len}")
         rope = {dim: (getattr(self, f"rope_cos_{dim}")[start:start + T],
                       getattr(self, f"rope_sin_{dim}")[start:start + T])
                 for dim in self.rope_dims}  # width -> (T, width) each
@@ -215,8 +218,8 @@ class Transformer(nn.Module):
             cache.lengths += T
             return logits
         end = max(lengths) + T
-        if end > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {end} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        if end > self.max_seq_len:
+            raise ValueError(f"sequence of {end} tokens exceeds model.max_seq_len={self.max_seq_len}")
         pos = cache.lengths[:, None] + torch.arange(T, device=idx.device)  # (B, T)
         rope = {dim: (getattr(self, f"rope_cos_{dim}")[pos][:, None], getattr(self, f"rope_sin_{dim}")[pos][:, None])
                 for dim in self.rope_dims}  # width -> (B, 1, T, width) each

@@ -49,6 +49,13 @@ class NonFiniteError(UserError, RuntimeError):
     pass
 
 
+def forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 docs: torch.Tensor | None) -> torch.Tensor:
+    """A micro-batch's loss summed over its target tokens. The loop compiles this whole function, so forward, head
+    and fp32 cross-entropy are one graph: the fp32 copy of the logits is fused into the loss, never materialised."""
+    return loss_fn(model(x, docs=docs), y, reduction="sum")
+
+
 def expert_load_metrics(counts: list[float], layers: list[int]) -> dict:
     """Max / mean tokens per expert of each MoE layer (1.0 = perfectly balanced), from the flattened counts."""
     width = len(counts) // len(layers)
@@ -142,8 +149,10 @@ class Trainer:
             checkpoint.restore_rng(saved["rng"])
             if saved.get("scaler"):
                 self.scaler.load_state_dict(saved["scaler"])
+        self.forward_loss = forward_loss
         if cfg.compile is True or (cfg.compile == "auto" and self.device.type == "cuda"):
-            self.step_model = torch.compile(self.step_model)
+            self.step_model = torch.compile(self.step_model)  # validation's forward
+            self.forward_loss = torch.compile(forward_loss)  # training's forward and loss (it inlines step_model)
         self.autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                          else contextlib.nullcontext())
         self.val_loader = (Loader(job.val_rows, cfg.batch_size, ctx.rank, ctx.world, shuffle=False)
@@ -198,7 +207,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------------------
     # one step
 
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, sync: bool) -> torch.Tensor:
         """One micro-batch: the summed loss over its target tokens (detached); backward of sum * scale."""
         sm = self.step_model
         if hasattr(sm, "set_requires_gradient_sync"):  # FSDP2
@@ -206,7 +215,7 @@ class Trainer:
         # all-reduce / reduce-scatter gradients only on the last micro-batch of the step
         no_sync = sm.no_sync() if not sync and hasattr(sm, "no_sync") else contextlib.nullcontext()
         with no_sync, self.autocast:
-            loss_sum = loss_fn(sm(x, docs=self.docs(x)), y, reduction="sum")
+            loss_sum = self.forward_loss(sm, x, y, self.docs(x))
             objective = loss_sum * scale
             aux = self.model.take_aux_loss() if self.moe_layers else None
             if aux is not None:
@@ -214,6 +223,13 @@ class Trainer:
                 objective = objective + aux / self.accum
         self.scaler.scale(objective).backward()
         return loss_sum.detach()
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A batch tensor on the training device; on CUDA through pinned memory, so the copy is truly asynchronous
+        (a non_blocking copy from pageable memory waits for the GPU)."""
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def docs(self, x: torch.Tensor) -> torch.Tensor | None:
         """Document index of every position of packed rows (each <|bos|> opens the next), for the model's document
@@ -227,33 +243,34 @@ class Trainer:
         cfg, ctx, state = self.cfg, self.ctx, self.state
         step = state["step"]
         lr = optim.set_lr(self.optimizers, optim.lr_factor(step, cfg))
-        batches = [self.train_loader.next_batch() for _ in range(self.accum)]
+        batches = [[self.to_device(t) for t in self.train_loader.next_batch()] for _ in range(self.accum)]
         # the loss is the mean over every target token of the global batch (SFT rows hold different numbers of
-        # them); DDP/FSDP average gradients over ranks, so each rank scales its sum by world / global count
-        counts = torch.tensor([float(sum(int((y != IGNORE).sum()) for _, y in batches))], device=self.device)
-        distributed.all_reduce_sum(counts, ctx)
-        global_count = max(counts.item(), 1.0)
+        # them); DDP/FSDP average gradients over ranks, so each rank scales its sum by world / global count.
+        # Counted on the device: the scale is a tensor, and nothing waits for the GPU before the backward passes
+        count = torch.stack([(y != IGNORE).sum() for _, y in batches]).sum().double()
+        global_count = distributed.all_reduce_sum(count.clone(), ctx)
+        scale = (ctx.world / global_count.clamp(min=1)).float()
         loss_sum = torch.zeros((), device=self.device)
         for micro, (x, y) in enumerate(batches):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            loss_sum += self.forward_backward(x, y, ctx.world / global_count, sync=micro == self.accum - 1)
+            loss_sum += self.forward_backward(x, y, scale, sync=micro == self.accum - 1)
         for opt in self.optimizers:
             self.scaler.unscale_(opt)
         grad_norm = distributed.clip_grad_norm(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        check = torch.stack([loss_sum.float(), grad_norm.float() / ctx.world])
+        # float64: exact token counts however large the batch
+        check = torch.stack([loss_sum.double(), grad_norm.double() / ctx.world, count])
         load = self.model.take_expert_load() if self.moe_layers else None  # (MoE layers, experts) token counts
         if load is not None:
-            check = torch.cat([check, load.flatten().to(check.device)])
+            check = torch.cat([check, load.flatten().to(check)])
         distributed.all_reduce_sum(check, ctx)  # every rank sees the same verdict (and the load of all ranks)
         # the step's only host sync: one transfer for the loss, the norm, the non-finite verdict and the loads
-        loss_total, norm, *counts = check.tolist()
-        train_loss = loss_total / global_count
+        loss_total, norm, tokens, *counts = check.tolist()
+        train_loss = loss_total / max(tokens, 1.0)
         if math.isfinite(train_loss) and math.isfinite(norm):
             for opt in self.optimizers:
                 self.scaler.step(opt)
             self.scaler.update()
             if load is not None:  # auxiliary-loss-free balancing: one bias step per optimizer step, same on all ranks
-                self.model.update_expert_bias(check[2:].view_as(load))
+                self.model.update_expert_bias(check[3:].view_as(load).to(load.dtype))
         elif self.scaler.is_enabled() and math.isfinite(train_loss):
             # fp16 overflow: skip the step and lower the scale on every rank alike (GradScaler's own rule)
             self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
