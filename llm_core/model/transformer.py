@@ -10,6 +10,7 @@ Design choices, Llama-2 style by default:
 - tied input/output embeddings by default;
 - init: normal(model.init_std, 0.02 in every preset), residual output projections scaled by 1/sqrt(2 * n_layers)
   (GPT-2) so the residual stream's variance does not grow with depth;
+- buffers (RoPE tables, routing biases) stay fp32 when the weights are cast to bf16 for inference;
 - an optional KV cache for decoding: the model writes into it and attends over everything cached so far. A cache
   with per-row `lengths` is ragged: each row has its own position, writes at its own offset and attends only over
   its own filled part (batched decoding of sequences of different lengths, rows joining and leaving).
@@ -159,6 +160,19 @@ class Transformer(nn.Module):
             self.register_buffer(f"rope_cos_{dim}", cos, persistent=False)
             self.register_buffer(f"rope_sin_{dim}", sin, persistent=False)
         self.reset_parameters()
+
+    def _apply(self, fn, recurse=True):
+        # buffers stay fp32 whatever dtype the weights are cast to (bf16 inference): bf16 RoPE tables are off by up
+        # to 4e-3 (8 bits of mantissa), and the routers' balancing biases steer top-k choices by small margins
+        kept = {name: buf for name, buf in self.named_buffers() if buf.dtype == torch.float32}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            owner, _, leaf = name.rpartition(".")
+            module = self.get_submodule(owner)
+            new = module._buffers[leaf]
+            if new is not None and new.dtype != torch.float32 and new.is_floating_point():
+                module._buffers[leaf] = old.to(new.device)
+        return self
 
     def reset_parameters(self) -> None:
         # a config.json written before init_std existed has none: those models were initialised with the preset's

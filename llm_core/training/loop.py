@@ -138,7 +138,7 @@ class Trainer:
         self.last_load: dict = {}
         if cfg.activation_checkpointing != "none":  # before wrapping: DDP / FSDP / compile see the recomputing blocks
             apply_activation_checkpointing(model, cfg.activation_checkpointing, cfg.activation_checkpointing_k)
-        self.step_model = distributed.wrap(model, self.mode, ctx)
+        self.step_model = distributed.wrap(model, self.mode, ctx, self.amp_dtype)
         # built after wrapping: FSDP swaps the parameters for sharded ones
         self.optimizers = optim.build_optimizers(model, cfg, self.device.type,
                                                  shard=distributed.shards_optimizer(self.mode, ctx))

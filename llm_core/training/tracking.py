@@ -1,4 +1,5 @@
-"""Logging: dvclive curves and a progress bar on rank 0, throughput and MFU.
+"""Logging: dvclive curves (or the same files without dvclive, `curves.py`) and a progress bar on rank 0, throughput
+and MFU.
 
 Only rank 0 writes (every other rank gets a tracker that does nothing), so curves and metrics are never
 interleaved or duplicated across processes.
@@ -12,11 +13,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-# Dense bf16 peak FLOP/s by device name (vendor datasheets); MFU is reported only where the peak is known.
+# Dense bf16 peak FLOP/s by device name (vendor datasheets, sparsity figures halved); MFU is reported only where the
+# peak is known. The form factor matters: H100 / H200 NVL cards (400 W) and the H100 PCIe card (350 W) peak well
+# below the SXM modules, whose torch names carry no suffix ("NVIDIA H100 80GB HBM3", "NVIDIA H200").
 PEAK_BF16_FLOPS = {
+    "H100 PCIe": 756e12, "H800 PCIe": 756e12, "H100 NVL": 835e12, "H200 NVL": 835e12,
     "H200": 989e12, "H100": 989e12, "H800": 989e12, "GH200": 989e12, "A100": 312e12, "A800": 312e12,
-    "L40S": 362e12, "L4": 121e12, "A10G": 70e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "B200": 2250e12,
+    "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10G": 70e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "B200": 2250e12,
 }
+
+
+def peak_flops_for(name: str) -> float:
+    """The peak of a device called `name` (torch.cuda.get_device_name), 0 when unknown. The longest matching key
+    wins: "H100 NVL" before "H100", "GH200" before "H200"."""
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        if key in name:
+            return PEAK_BF16_FLOPS[key]
+    return 0.0
 
 
 def peak_flops(device: torch.device, override: float = 0.0) -> float:
@@ -24,11 +37,7 @@ def peak_flops(device: torch.device, override: float = 0.0) -> float:
         return override
     if device.type != "cuda":
         return 0.0
-    name = torch.cuda.get_device_name(device)
-    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):  # "GH200" before "H200"
-        if key in name:
-            return PEAK_BF16_FLOPS[key]
-    return 0.0
+    return peak_flops_for(torch.cuda.get_device_name(device))
 
 
 class Throughput:
@@ -107,7 +116,13 @@ def truncate_history(live_dir: Path, step: int) -> None:
 
 
 def _live_class():
-    from dvclive import Live  # imported on rank 0 only: it is slow to import
+    try:
+        from dvclive import Live  # imported on rank 0 only: it is slow to import
+    except ImportError:
+        # a machine without the DVC stack (e.g. an offline GPU node): the same files, written by hand
+        from llm_core.training.curves import PlainLive
+
+        return PlainLive
 
     class SafeLive(Live):
         def _init_dvc(self):
