@@ -199,6 +199,41 @@ def test_flash_kernel_non_contiguous_inputs():
         assert _max_err(o, r) <= 1e-4
 
 
+@needs_triton
+@pytest.mark.parametrize("causal,seq_q", [(True, 40), (False, 40), (True, 17)])
+def test_flash_kernel_under_other_block_sizes(causal, seq_q):
+    """A tuning candidate (blocks of 32 x 16 instead of the interpreter's 16 x 16, GQA, ragged tails, a chunked
+    prefill) computes the same attention: the tuner may only choose among correct configs."""
+    from llm_core.model.attention import flash_config
+
+    q, k, v, do = _inputs(1, 4, 2, seq_q, 40, 32, torch.float32)
+    other = {kernel: {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1} for kernel in flash_config.KERNELS}
+    with flash_config.launch_override(other):
+        assert flash_config.launch_config(32, 4, on_gpu=False)["dkdv"] == other["dkdv"]
+        ours = _forward_backward(lambda q, k, v: flash.flash_attention(q, k, v, causal=causal), q, k, v, do)
+    assert flash_config.launch_config(32, 4, on_gpu=False)["dkdv"]["BLOCK_M"] == 16  # restored on exit
+    ref = _forward_backward(lambda q, k, v: _reference(q, k, v, causal), q, k, v, do, dtype=torch.float64)
+    for o, r in zip(ours, ref):
+        assert _max_err(o, r) <= 1e-4
+
+
+def test_launch_table_covers_the_gpu_cases_and_tuning_starts_from_it(monkeypatch):
+    from llm_core.model.attention import flash_config as fc
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # read at each call: the GPU table, not the interpreter's blocks
+    for head_dim in flash.SUPPORTED_HEAD_DIMS if flash is not None else (32, 64, 128):
+        for size in (2, 4):
+            cfg = fc.launch_config(head_dim, size, on_gpu=True)
+            assert set(cfg) == {"fwd", "dkdv", "dq", "pre"}
+    assert fc.launch_config(128, 2, on_gpu=True)["fwd"] == fc.LAUNCH_CONFIGS[(128, 2)]["fwd"]
+    for head_dim, kernels in fc.TUNE_CANDIDATES.items():
+        for kernel, candidates in kernels.items():
+            assert candidates[0] == fc.LAUNCH_CONFIGS[(head_dim, 2)][kernel]  # the table is always a candidate
+    with pytest.raises(ValueError, match="unknown kernels"):
+        with fc.launch_override({"bwd": {}}):
+            pass
+
+
 # --------------------------------------------------------------------------------------------
 # (3) determinism: no atomics, fixed accumulation order
 # --------------------------------------------------------------------------------------------
