@@ -15,8 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import ROOT, project_env
-from tests.integration.conftest import PRETRAIN, SAMPLE, set_params, stage
+from tests.helpers import PRETRAIN, ROOT, SAMPLE, project_env, set_params, stage
 
 # each case: set-up on a copy of the base project -> (stage command, expected fragments of stderr, files that must
 # be left as they were)

@@ -11,19 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import pipeline_copy, project_env, run_ok
+from tests.helpers import pipeline_copy, project_env, run_ok, tiny_params
 from tests.pipeline_graph import params_report
-
-TINY = {
-    "data": {"num_docs": 300, "sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "val_fraction": 0.1},
-    "tokenizer": {"vocab_size": 600},
-    "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 256},
-    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "eval_batches": 2,
-                 "checkpoint_every": 3, "warmup_steps": 2},
-    "sft": {"steps": 3, "batch_size": 2, "seq_len": 256, "eval_every": 3, "eval_batches": 1, "warmup_steps": 1},
-    "sample": {"max_new_tokens": 8},
-    "eval": {"chat_items": 20, "hellaswag_every": 3, "hellaswag_items": 8},
-}
 
 
 run = run_ok
@@ -39,7 +28,8 @@ def ran_stages(output: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    return pipeline_copy(tmp_path_factory.mktemp("pipeline"), TINY)
+    # the HellaSwag curve during pretraining is on (steps 3 and 6)
+    return pipeline_copy(tmp_path_factory.mktemp("pipeline"), tiny_params(eval={"hellaswag_every": 3}))
 
 
 @pytest.mark.slow
@@ -72,6 +62,12 @@ def test_repro_end_to_end_then_incremental(repo: Path, tmp_path: Path):
     assert all(s["output"] for s in samples["samples"])
     assert (repo / "models/pretrain/model.safetensors").exists()
     assert (repo / "dvclive/pretrain/plots/metrics/train/loss.tsv").exists()
+    # the model folders say what they are, and llm-chat on a checkpoint finds the run's tokenizer
+    assert json.loads((repo / "models/sft/model_info.json").read_text()) == {"chat": True, "stage": "sft"}
+    assert json.loads((repo / "models/pretrain/model_info.json").read_text()) == {"chat": False, "stage": "pretrain"}
+    checkpoint = max(p for p in (repo / "models/sft/checkpoints").iterdir() if p.name.startswith("step_"))
+    assert "talking to" not in run([sys.executable, "-m", "llm_core.inference.console", "--model",
+                                    str(checkpoint.relative_to(repo)), "-p", "Hi", "--max-tokens", "3"], repo)
 
     assert ran_stages(run(dvc + ["repro"], repo)) == []  # nothing changed: nothing runs
 
