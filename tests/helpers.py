@@ -167,3 +167,29 @@ def stage(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess
     if ok:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Muon against torch.optim.Muon (tests/unit/test_muon.py and its ZeRO-1 worker processes)
+
+# same shapes (batched together), tall and wide of one oriented shape (one stack, two learning rates), a lone one
+MUON_SHAPES = [(64, 64), (64, 64), (64, 64), (128, 64), (64, 128), (128, 64), (48, 80), (24, 24)]
+
+
+def muon_params(seed: int = 0) -> list:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.1) for s in MUON_SHAPES]
+
+
+def muon_steps(opt, params: list, steps: int = 4, first: int = 0) -> list:
+    """`steps` optimizer steps on fixed pseudo-random gradients (the same on every process)."""
+    import torch
+
+    for step in range(first, first + steps):
+        gen = torch.Generator().manual_seed(1000 + step)
+        for p, s in zip(params, MUON_SHAPES):
+            p.grad = torch.randn(s, generator=gen)
+        opt.step()
+    return params

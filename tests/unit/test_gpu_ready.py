@@ -5,6 +5,7 @@ the MFU peak per form factor, and curves written without dvclive in dvclive's ow
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,14 +15,13 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from llm_core import distributed
-from llm_core.config import ParallelConfig, TrainConfig
-from llm_core.data.loader import DocRows
+from llm_core.config import ParallelConfig
 from llm_core.inference.loading import inference_dtype
 from llm_core.model.transformer import Transformer
 from llm_core.training.curves import PlainLive
-from llm_core.training.loop import Job, Trainer
+from llm_core.training.loop import Trainer
 from llm_core.training.tracking import peak_flops_for
-from tests.helpers import ROOT, tiny_model_config
+from tests.helpers import ROOT, stream_job, tiny_model_config, train_config
 
 # One process, two Dynamo traces of the loop's `forward_loss` on the tiny preset: first without params tracing (no
 # hook installed), then with LLM_CORE_TRACE_PARAMS set, the model built from params.yaml's traced config, packed
@@ -54,7 +54,7 @@ print(json.dumps({"off": off, "on": on}))
 
 def test_forward_and_loss_compile_as_one_graph_with_params_tracing_off_and_on(tmp_path):
     trace = tmp_path / "keys.jsonl"
-    env = {**__import__("os").environ, "LLM_CORE_TRACE_PARAMS": str(trace), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "LLM_CORE_TRACE_PARAMS": str(trace), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", _EXPLAIN, str(ROOT / "params.yaml")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,18 +88,14 @@ class _DeviceReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-STREAM = [((np.arange(6000) * 7) % 97).astype(np.uint16)]
-
-
 @pytest.mark.parametrize("optimizer,model_kw", [
     ("adamw", {}),
     ("muon", {}),
     ("muon", dict(ffn="moe", n_experts=4, top_k=2, expert_hidden=32, moe_path="grouped")),
 ])
 def test_a_training_step_reads_the_device_once(tmp_path, optimizer, model_kw):
-    job = Job(DocRows(STREAM, 32), None, tmp_path / "run", None, data_fingerprint="d", desc="pretrain")
-    cfg = TrainConfig(steps=4, batch_size=4, seq_len=32, optimizer=optimizer, grad_accum=2, threads=1)
-    trainer = Trainer(tiny_model_config(**model_kw), cfg, ParallelConfig(), job, quiet=True)
+    cfg = train_config(optimizer=optimizer, grad_accum=2, threads=1)
+    trainer = Trainer(tiny_model_config(**model_kw), cfg, ParallelConfig(), stream_job(tmp_path), quiet=True)
     trainer.train_step()  # first step: optimizer state is created
     with _DeviceReads() as mode:
         metrics = trainer.train_step()

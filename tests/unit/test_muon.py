@@ -18,30 +18,10 @@ from llm_core.config import ModelConfig
 from llm_core.model.transformer import Transformer
 from llm_core.training import optim
 from llm_core.training.muon import Muon, adjusted_lr
-from tests.helpers import ROOT
+from tests.helpers import ROOT, muon_params, muon_steps
 
-# same shapes (batched together), tall and wide of one oriented shape (one stack, two learning rates), a lone one
-SHAPES = [(64, 64), (64, 64), (64, 64), (128, 64), (64, 128), (128, 64), (48, 80), (24, 24)]
 STEPS = 4
 LR = 0.02
-
-
-def _params(seed: int = 0) -> list[torch.nn.Parameter]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.1) for s in SHAPES]
-
-
-def _grads(step: int) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(1000 + step)
-    return [torch.randn(s, generator=gen) for s in SHAPES]
-
-
-def _run(opt, params, steps=STEPS, first=0):
-    for step in range(first, first + steps):
-        for p, g in zip(params, _grads(step)):
-            p.grad = g.clone()
-        opt.step()
-    return params
 
 
 def assert_bf16_close(ours, ref, adjust_lr_fn, steps=STEPS):
@@ -55,11 +35,11 @@ def assert_bf16_close(ours, ref, adjust_lr_fn, steps=STEPS):
 @pytest.mark.parametrize("adjust_lr_fn,nesterov", [(None, True), ("match_rms_adamw", True), ("original", False)])
 def test_equals_torch_muon_within_bf16_round_off(adjust_lr_fn, nesterov):
     kw = dict(lr=LR, weight_decay=0.1, momentum=0.95, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
-    ref_params, our_params = _params(), _params()
+    ref_params, our_params = muon_params(), muon_params()
     ref, ours = torch.optim.Muon(ref_params, **kw), Muon(our_params, **kw)
-    _run(ref, ref_params)
-    _run(ours, our_params)
-    moved = max((a - b).abs().max().item() for a, b in zip(our_params, _params()))
+    muon_steps(ref, ref_params)
+    muon_steps(ours, our_params)
+    moved = max((a - b).abs().max().item() for a, b in zip(our_params, muon_params()))
     assert moved > 10 * LR * 2**-6  # the steps did move the weights, well past the tolerance
     assert_bf16_close(our_params, ref_params, adjust_lr_fn)
     for a, b in zip(our_params, ref_params):  # the fp32 momentum is the same arithmetic
@@ -68,14 +48,14 @@ def test_equals_torch_muon_within_bf16_round_off(adjust_lr_fn, nesterov):
 
 def test_state_moves_between_torch_muon_and_ours():
     kw = dict(lr=LR, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
-    ref_params = _params()
+    ref_params = muon_params()
     ref = torch.optim.Muon(ref_params, **kw)
-    _run(ref, ref_params, steps=2)
+    muon_steps(ref, ref_params, steps=2)
     our_params = [torch.nn.Parameter(p.detach().clone()) for p in ref_params]
     ours = Muon(our_params, **kw)
     ours.load_state_dict(copy.deepcopy(ref.state_dict()))  # a checkpoint written with torch.optim.Muon
-    _run(ref, ref_params, steps=2, first=2)
-    _run(ours, our_params, steps=2, first=2)
+    muon_steps(ref, ref_params, steps=2, first=2)
+    muon_steps(ours, our_params, steps=2, first=2)
     assert_bf16_close(our_params, ref_params, "match_rms_adamw", steps=2)
     assert ours.state_dict()["param_groups"][0].keys() == ref.state_dict()["param_groups"][0].keys()
 
@@ -85,11 +65,11 @@ import os, sys, torch, torch.distributed as dist
 from torch.distributed.optim import ZeroRedundancyOptimizer
 sys.path.insert(0, {root!r})
 from llm_core.training.muon import Muon
-from tests.unit.test_muon import _params, _run
+from tests.helpers import muon_params, muon_steps
 dist.init_process_group("gloo")
-params = _params()
+params = muon_params()
 opt = ZeroRedundancyOptimizer(params, optimizer_class=Muon, lr={lr}, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
-_run(opt, params)
+muon_steps(opt, params)
 if dist.get_rank() == 0:
     torch.save([p.detach() for p in params], {out!r})
 dist.destroy_process_group()
@@ -110,8 +90,8 @@ def test_zero1_equals_one_process_torch_muon(tmp_path):
              for r in range(2)]
     logs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)[-3000:]
-    ref_params = _params()
-    _run(torch.optim.Muon(ref_params, lr=LR, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"), ref_params)
+    ref_params = muon_params()
+    muon_steps(torch.optim.Muon(ref_params, lr=LR, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"), ref_params)
     assert_bf16_close(torch.load(out, weights_only=True), ref_params, "match_rms_adamw")
 
 
