@@ -43,7 +43,7 @@ def offline_node_env(folder: Path) -> dict:
 
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "bench/gpu_suite.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900, env=env)
+                          timeout=7200, env=env)
 
 
 @pytest.mark.slow

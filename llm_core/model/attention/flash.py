@@ -15,6 +15,12 @@ seq_q != seq_k; arbitrary strides. fp32 inputs use IEEE fp32 dots (no TF32), so 
 PyTorch's default precision. Runs on CUDA, or on CPU under ``TRITON_INTERPRET=1`` (set before
 triton is imported) for testing.
 
+Launch configurations (block sizes, warps, pipeline stages per kernel and head dim) live in `flash_config.py`, fixed
+in code and tuned on a GPU by `bench/attention.py --tune`. Resources, compiled offline with triton 3.9 for sm_90
+(`bench/flash_compile.py`): the bf16 forward needs 80 KB of shared memory per program at head dim 64 and 128 KB at
+head dim 128, the backward kernels 41-64 KB; no spills. That fits H100/H200 (227 KB) and A100 (163 KB, where the
+forward needs 64 / 96 KB); sm_86/sm_89 parts (99 KB: L40S, RTX 4090) cannot launch the head-dim-128 forward.
+
 Measured on: not yet measured on a GPU; see bench/RESULTS.md.
 """
 
