@@ -42,14 +42,14 @@ STAGES = ("download_pretrain", "download_hellaswag", "train_tokenizer", "tokeniz
 GPU = {
     "data": {"num_docs": 8000},
     "model": {"preset": "124m"},
-    "pretrain": {"batch_size": 16, "seq_len": 1024, "warmup_steps": 10, "eval_batches": 2},
+    "pretrain": {"batch_size": 16, "seq_len": 1024, "warmup_steps": 10, "global_eval_tokens": 32768},
 }
 CPU = {
     "data": {"num_docs": 200, "val_fraction": 0.1},
     "tokenizer": {"vocab_size": 512},
     "model": {"preset": "tiny", "n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64},
     # eager: `--tiny` on a GPU is a smoke test, not worth a compilation
-    "pretrain": {"batch_size": 4, "seq_len": 32, "warmup_steps": 2, "eval_batches": 1, "compile": False},
+    "pretrain": {"batch_size": 4, "seq_len": 32, "warmup_steps": 2, "global_eval_tokens": 128, "compile": False},
 }
 
 

@@ -16,7 +16,8 @@ TINY = {
     "data": {"num_docs": 120, "sft": {"num_docs": 40}, "hellaswag": {"num_docs": 8}, "val_fraction": 0.1},
     "tokenizer": {"vocab_size": 400},
     "model": {"n_layers": 1, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 64},
-    "pretrain": {"steps": 2, "batch_size": 2, "seq_len": 32, "eval_every": 2, "eval_batches": 1, "warmup_steps": 1},
+    "pretrain": {"steps": 2, "batch_size": 2, "seq_len": 32, "eval_every": 2, "global_eval_tokens": 64,
+                 "warmup_steps": 1},
     "sft": {"seq_len": 64},
     "tokenize": {"workers": 1},
 }

@@ -18,9 +18,9 @@ TINY = {
     "data": {"num_docs": 300, "sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "val_fraction": 0.1},
     "tokenizer": {"vocab_size": 600},
     "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 256},
-    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "eval_batches": 2,
+    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "global_eval_tokens": 256,
                  "checkpoint_every": 3, "warmup_steps": 2},
-    "sft": {"steps": 3, "batch_size": 2, "seq_len": 256, "eval_every": 3, "eval_batches": 1, "warmup_steps": 1},
+    "sft": {"steps": 3, "batch_size": 2, "seq_len": 256, "eval_every": 3, "global_eval_tokens": 512, "warmup_steps": 1},
     "sample": {"max_new_tokens": 8},
     "eval": {"chat_items": 20, "hellaswag_every": 3, "hellaswag_items": 8},
 }

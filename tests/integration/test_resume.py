@@ -27,7 +27,7 @@ TINY = {
     "data": {"num_docs": 200, "sft": {"num_docs": 50}, "hellaswag": {"num_docs": 8}, "val_fraction": 0.1},
     "tokenizer": {"vocab_size": 400},
     "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 64},
-    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "eval_batches": 1,
+    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "global_eval_tokens": 128,
                  "checkpoint_every": 2, "keep_checkpoints": 2, "warmup_steps": 2, "precision": "fp32",
                  "compile": False, "threads": 1},
     "sft": {"seq_len": 64},

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pyarrow as pa
@@ -6,6 +7,8 @@ import pytest
 
 from llm_core.config import DataConfig, SourceConfig
 from llm_core.data import sources
+from llm_core.data.sources import parquet
+from llm_core.data.sources import text as decoding
 
 
 def local(paths, **kw):
@@ -110,7 +113,7 @@ def test_official_hellaswag_jsonl_keeps_its_schema(tmp_path):
 
 
 def test_shards_are_bounded_in_rows_and_bytes(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "ROWS_PER_GROUP", 8)
+    monkeypatch.setattr(parquet, "ROWS_PER_GROUP", 8)
     data = DataConfig(num_docs=300, val_fraction=0.01)
     sources.write_dataset("pretrain", data, tmp_path / "rows", rows_per_shard=50)
     parts = sorted((tmp_path / "rows" / "train").glob("*.parquet"))
@@ -125,14 +128,14 @@ def test_shards_are_bounded_in_rows_and_bytes(tmp_path, monkeypatch):
 
 
 def test_streamed_decoding_reports_the_offset_across_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "READ_BLOCK", 7)
+    monkeypatch.setattr(decoding, "READ_BLOCK", 7)
     f = tmp_path / "book.txt"
     f.write_bytes("é".encode() * 10 + b"ok \xff rest")  # a character cut by each block boundary, then a bad byte
     with pytest.raises(ValueError, match=r"byte 23 \(0xff\) is not valid utf-8; set data\.encoding"):
         sources.write_dataset("pretrain", local([f]), tmp_path / "out")
     text = "para one\nstill one\n\n\n para two \r\n\r\nthree"
     f.write_bytes(text.encode())
-    assert list(sources.chunk_lines(sources._lines(f, "utf-8", "pretrain"), max_chars=20)) == [
+    assert list(sources.chunk_lines(decoding.lines(f, "utf-8", "pretrain"), max_chars=20)) == [
         "para one\nstill one", "para two\n\nthree"]
 
 
@@ -143,4 +146,6 @@ def test_gzip_jsonl_and_inputs_recorded(tmp_path):
     f.write_bytes(gzip.compress(b'{"text": "zipped doc"}\n{"text": "another"}\n'))
     info = sources.write_dataset("pretrain", local([f], val_fraction=0.01), tmp_path / "out")
     assert info["docs_train"] == 2
-    assert info["inputs"] == [{"path": str(f), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}]
+    # content, not mtime: a clone or a copy of the same files records the same, so dvc.lock does not change
+    assert info["inputs"] == [{"path": str(f), "bytes": f.stat().st_size,
+                               "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}]

@@ -24,7 +24,7 @@ def job(tmp_path, name="run", **kw):
 
 
 def cfg(**kw):
-    base = dict(steps=8, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_every=4, eval_batches=2,
+    base = dict(steps=8, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_every=4, global_eval_tokens=256,
                 checkpoint_every=3, keep_checkpoints=5, threads=2)
     base.update(kw)
     return TrainConfig(**base)
@@ -125,6 +125,6 @@ def test_global_batch_tokens_derives_grad_accum(tmp_path):
 
 def test_metrics_carry_mfu_with_a_given_peak(tmp_path):
     res = train(tiny_model_config(), cfg(steps=2, eval_every=100, peak_flops=1e12), ParallelConfig(), job(tmp_path))
-    assert res["tokens_per_sec"] > 0 and 0 < res["mfu"] < 1
+    assert res["runtime"]["tokens_per_sec"] > 0 and 0 < res["runtime"]["mfu"] < 1
     rows = list(csv.DictReader(open(tmp_path / "run_live/plots/metrics/train/mfu.tsv"), delimiter="\t"))
     assert len(rows) == 2
