@@ -43,6 +43,12 @@ def current_umask() -> int:
     return mask
 
 
+def umask_mode(path: str | Path) -> None:
+    """Give a file written by a library that creates it private (safetensors' save_file makes 0600) the mode a plain
+    open() gives: other users, a shared group folder or a web server can read a trained model."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def write_json(path: str | Path, obj, round_floats: int | None = None) -> None:
     """Indented JSON, atomically. `round_floats` rounds top-level floats (metrics files people read and diff)."""
     if round_floats is not None and isinstance(obj, dict):

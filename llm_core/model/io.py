@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 
 from llm_core.config import ModelConfig
-from llm_core.files import file_sha256, write_json
+from llm_core.files import file_sha256, umask_mode, write_json
 from llm_core.model.transformer import Transformer
 
 WEIGHTS = "model.safetensors"
@@ -25,6 +25,7 @@ def write_weights(directory: Path, cfg: ModelConfig, weights: dict[str, torch.Te
     tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()
                if not (cfg.tie_embeddings and k == "lm_head.weight")}
     safetensors.torch.save_file(tensors, str(directory / WEIGHTS))
+    umask_mode(directory / WEIGHTS)  # save_file makes the file 0600 whatever the umask
     write_json(directory / CONFIG, cfg.to_dict())
 
 

@@ -268,7 +268,8 @@ class Trainer:
             raise NonFiniteError(
                 f"{self.job.desc}: non-finite loss or grad norm at step {step}; stopped. The last good checkpoint is "
                 f"kept in {self.ckpt_root}. Lower {self.job.desc}.lr, raise warmup, or set "
-                f"{self.job.desc}.on_nonfinite: skip")
+                f"{self.job.desc}.on_nonfinite: skip (`dvc checkout {self.job.out_dir}` brings back the folder of the "
+                "last recorded run)")
         else:
             state["skipped_steps"] += 1
             if self.scaler.is_enabled():

@@ -149,3 +149,53 @@ def test_gzip_jsonl_and_inputs_recorded(tmp_path):
     # content, not mtime: a clone or a copy of the same files records the same, so dvc.lock does not change
     assert info["inputs"] == [{"path": str(f), "bytes": f.stat().st_size,
                                "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pinned sources: what a source read is recorded in info.json (an output DVC hashes), so dvc.lock pins it
+
+
+class FakeHub:
+    """The two calls the hf source makes, answered offline: the hub resolves a revision to a commit sha, and the
+    dataset streams at a revision."""
+
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, monkeypatch):
+        import datasets
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        self.asked: dict = {}
+
+        def dataset_info(api, repo_id, revision=None, **kw):
+            self.asked["info"] = (repo_id, revision)
+            if revision == "no-such-tag":
+                err = RevisionNotFoundError.__new__(RevisionNotFoundError)
+                Exception.__init__(err, "404")
+                raise err
+            return type("Info", (), {"sha": self.COMMIT})()
+
+        def load_dataset(path, name=None, split=None, streaming=False, revision=None, **kw):
+            self.asked["load"] = (path, name, split, streaming, revision)
+            return [{"text": f"story {i}"} for i in range(30)]
+
+        monkeypatch.setattr(HfApi, "dataset_info", dataset_info)
+        monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+
+
+def test_hf_source_streams_the_commit_its_revision_resolves_to_and_records_it(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    hub = FakeHub(monkeypatch)
+    data = DataConfig(source="hf", hf_path="someone/stories", hf_revision="v1.0", val_fraction=0.1)
+    info = sources.write_dataset("pretrain", data, tmp_path / "raw")
+    assert hub.asked["info"] == ("someone/stories", "v1.0")
+    # the rows are read at the resolved commit, not at the tag (which can move), and that commit is recorded
+    assert hub.asked["load"] == ("someone/stories", None, "train", True, FakeHub.COMMIT)
+    assert info["revision"] == FakeHub.COMMIT
+    assert json.loads((tmp_path / "raw/info.json").read_text())["revision"] == FakeHub.COMMIT
+    sources.write_dataset("pretrain", DataConfig(source="hf", hf_path="someone/stories"), tmp_path / "newest")
+    assert hub.asked["info"] == ("someone/stories", None)  # '' = the newest commit, resolved and recorded the same
+    with pytest.raises(ValueError, match=r"has no revision 'no-such-tag'; set data\.hf_revision to one of its"):
+        sources.write_dataset("pretrain", DataConfig(source="hf", hf_path="someone/stories",
+                                                     hf_revision="no-such-tag"), tmp_path / "bad")
