@@ -1,20 +1,55 @@
-"""Small builders shared by tests."""
+"""Small builders shared by tests: the one tiny params override for pipeline copies (`tiny_params`), the one
+training config (`train_config`) and model config (`tiny_model_config`), a learnable token stream and its `Job`,
+and runners for stage commands and `dvc` on a copy of the repository. Tests import from here (and from
+tests/serving.py, tests/pipeline_graph.py), never from one another."""
 
+from __future__ import annotations
+
+import copy
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
-from llm_core.config import ModelConfig
+from llm_core.config import ModelConfig, TrainConfig
 
 
 def tiny_model_config(vocab_size: int = 512, **overrides) -> ModelConfig:
     base = dict(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, ffn_hidden=128, max_seq_len=64)
     base.update(overrides)
     return ModelConfig(preset="tiny", **base).resolved(vocab_size)
+
+
+def train_config(**overrides) -> TrainConfig:
+    """A training config for tiny in-process runs: 8 steps of 4 x 32 tokens, validation every 4, checkpoints every
+    3 (so a run killed at step 5 resumes from step 3)."""
+    base = dict(steps=8, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_every=4, global_eval_tokens=256,
+                checkpoint_every=3, keep_checkpoints=5, threads=2)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+_rng = np.random.default_rng(0)
+# a learnable stream: a repeating pattern with noise (ids < 100 of a 512 vocabulary)
+STREAM = [((np.arange(20_000) * 7) % 97 + _rng.integers(0, 3, 20_000)).astype(np.uint16)]
+VAL = [((np.arange(3_000) * 7) % 97).astype(np.uint16)]
+
+
+def stream_job(tmp_path: Path, name: str = "run", seq_len: int = 32, **kw):
+    """A pretraining `Job` on STREAM / VAL writing to tmp_path/<name> (model) and tmp_path/<name>_live (curves)."""
+    from llm_core.data.loader import DocRows
+    from llm_core.training.loop import Job
+
+    return Job(DocRows(STREAM, seq_len), DocRows(VAL, seq_len), tmp_path / name, tmp_path / f"{name}_live",
+               token_bytes=np.ones(512, dtype=np.int64), data_fingerprint="d", desc="pretrain", **kw)
+
+
+class Crash(RuntimeError):
+    """What `die_at_batch` raises in tests that must tell the simulated death from a real error."""
 
 
 def decode_in_pieces(model, x):
@@ -61,13 +96,43 @@ def merge(base: dict, over: dict) -> dict:
     return base
 
 
+# The one params override for tiny pipelines (on top of the committed params.yaml): seconds per stage on one core,
+# every stage of the default pipeline still meaningful (a tokenizer with merges, a model that learns a little, enough
+# validation rows and HellaSwag / chat items for the metrics to be fractions). Tests pass only what they test.
+TINY_PARAMS = {
+    "data": {"num_docs": 300, "sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "probe": {"num_docs": 8},
+             "val_fraction": 0.1},
+    "tokenizer": {"vocab_size": 600},
+    "tokenize": {"workers": 1},  # a process pool costs more than it saves on a tiny corpus
+    "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 256},
+    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "global_eval_tokens": 256,
+                 "checkpoint_every": 3, "warmup_steps": 2},
+    "sft": {"steps": 3, "batch_size": 2, "seq_len": 256, "eval_every": 3, "global_eval_tokens": 512,
+            "warmup_steps": 1},
+    "sample": {"max_new_tokens": 8},
+    "eval": {"chat_items": 20, "hellaswag_every": 0},
+}
+
+
+def tiny_params(**overrides: dict) -> dict:
+    """TINY_PARAMS deep-merged with per-section overrides: `tiny_params(pretrain={"steps": 4})`."""
+    return merge(copy.deepcopy(TINY_PARAMS), overrides)
+
+
+def set_params(repo: Path, over: dict) -> None:
+    """Deep-merge `over` into repo/params.yaml."""
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), over)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def project_env(**extra: str) -> dict:
     """The environment stage commands need: this interpreter's `python` first on PATH, as the Makefile does."""
     return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra)
 
 
 def pipeline_copy(dst: Path, overrides: dict) -> Path:
-    """Code, dvc.yaml and .dvc config copied into `dst` (a fresh git repo) with params.yaml = committed + overrides."""
+    """Code, dvc.yaml and .dvc config copied into `dst` (a fresh git repo) with params.yaml = committed + overrides
+    (usually `tiny_params(...)`)."""
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("stages", "llm_core", "dvc.yaml", "pyproject.toml"):
         src = ROOT / name
@@ -76,8 +141,8 @@ def pipeline_copy(dst: Path, overrides: dict) -> Path:
         else:
             shutil.copy(src, dst / name)
     shutil.copytree(ROOT / ".dvc", dst / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(ROOT / "params.yaml", dst / "params.yaml")
+    set_params(dst, overrides)
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
     return dst
 
@@ -88,3 +153,19 @@ def run_ok(cmd: list[str], cwd: Path, timeout: float | None = None, **env: str) 
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
     return out
+
+
+# stage commands as dvc.yaml runs them, with outputs at their default paths
+PRETRAIN = ["stages.pretrain", "--tokens", "data/tokens/pretrain", "--tokenizer", "models/tokenizer",
+            "--raw", "data/raw/pretrain", "--out", "models/pretrain", "--live", "dvclive/pretrain",
+            "--metrics", "metrics/pretrain.json"]
+SAMPLE = ["stages.sample", "--model", "models/sft", "--tokenizer", "models/tokenizer", "--out", "metrics/s.json"]
+
+
+def stage(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    """`python -m <args>` in `cwd` with the project environment; asserts success unless ok=False."""
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=project_env(), capture_output=True, text=True,
+                          timeout=300)
+    if ok:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc

@@ -17,6 +17,7 @@ from llm_core import distributed
 from llm_core.config import ModelConfig, ParallelConfig, TrainConfig
 from llm_core.data.loader import DocRows
 from llm_core.training.loop import Job, train
+from tests import helpers
 
 STEPS = 10
 # 128 tokens per step over all ranks (1 process: 2 micro-batches of 4 rows; 2 ranks: 1 each) and 11 validation rows
@@ -27,15 +28,15 @@ GLOBAL = dict(steps=2, eval_every=1, global_batch_tokens=128, global_eval_tokens
 def model_config(moe: bool = False) -> ModelConfig:
     extra = dict(attention_type="mla", ffn="moe", n_experts=4, top_k=2, expert_hidden=16, bias_update_rate=0.01,
                  first_dense_layers=1, aux_loss_weight=0.01) if moe else {}
-    return ModelConfig(preset="tiny", n_layers=2, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64,
-                       max_seq_len=32, **extra).resolved(128)
+    return helpers.tiny_model_config(128, d_model=32, n_heads=2, n_kv_heads=1, ffn_hidden=64, max_seq_len=32,
+                                     **extra)
 
 
 def train_config(optimizer: str, batch_size: int, **kw) -> TrainConfig:
-    base = dict(steps=STEPS, batch_size=batch_size, seq_len=16, optimizer=optimizer, lr=3e-3, warmup_steps=2,
-                eval_every=5, global_eval_tokens=16 * 16, checkpoint_every=5, keep_checkpoints=1, threads=1, seed=7)
+    base = dict(steps=STEPS, batch_size=batch_size, seq_len=16, optimizer=optimizer, eval_every=5, checkpoint_every=5,
+                keep_checkpoints=1, threads=1, seed=7)
     base.update(kw)
-    return TrainConfig(**base)
+    return helpers.train_config(**base)
 
 
 def job(out: Path, name: str) -> Job:

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import ROOT, project_env
-from tests.integration.conftest import PRETRAIN, SAMPLE, copy_run, run_in, set_params, snapshot, stage
+from tests.dvc_run import copy_run, run_in, snapshot
+from tests.helpers import PRETRAIN, ROOT, SAMPLE, project_env, set_params, stage
 
 # --------------------------------------------------------------------------------------------------------------------
 # Inside dvc repro / dvc exp run: each set-up changes a copy of the run and returns the dvc command and the expected

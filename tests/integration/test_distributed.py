@@ -25,7 +25,7 @@ import yaml
 from llm_core import distributed
 from llm_core.config import ParallelConfig
 from llm_core.training.loop import train
-from tests.helpers import pipeline_copy
+from tests.helpers import pipeline_copy, tiny_params
 from tests.integration import dist_worker as W
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,14 +146,9 @@ def test_two_nodes_with_c10d_rendezvous_match_one_process(reference, tmp_path):
     assert_same_run(tmp_path, "ddp-adamw", reference / "none-adamw")
 
 
-TINY = {
-    "data": {"num_docs": 300, "sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "val_fraction": 0.1},
-    "tokenizer": {"vocab_size": 600},
-    "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 256},
-    "pretrain": {"steps": 4, "batch_size": 4, "seq_len": 32, "eval_every": 2, "global_eval_tokens": 10**6,
-                 "checkpoint_every": 2, "warmup_steps": 1, "global_batch_tokens": 512},
-    "parallel": {"mode": "fsdp", "nproc": 2},
-}
+TINY = tiny_params(pretrain={"steps": 4, "eval_every": 2, "global_eval_tokens": 10**6, "checkpoint_every": 2,
+                             "warmup_steps": 1, "global_batch_tokens": 512},
+                   parallel={"mode": "fsdp", "nproc": 2})
 
 
 @pytest.mark.slow

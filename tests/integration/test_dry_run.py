@@ -7,8 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import project_env
-from tests.integration.conftest import set_params, stage
+from tests.helpers import project_env, set_params, stage
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:

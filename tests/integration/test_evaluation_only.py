@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from tests.integration.conftest import copy_run, run_in, set_params, snapshot
+from tests.dvc_run import copy_run, run_in, snapshot
+from tests.helpers import set_params
 
 ITEM = {"ind": 7, "activity_label": "Baking", "ctx_a": "A man puts a cake in the oven.", "ctx_b": "he",
         "ctx": "A man puts a cake in the oven. he", "endings": ["waits.", "swims.", "flies.", "sings."], "label": 0,

@@ -12,19 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import pipeline_copy, run_ok
+from tests.helpers import pipeline_copy, run_ok, tiny_params
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = {
-    "data": {"sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "val_fraction": 0.1},
-    "tokenizer": {"vocab_size": 600},
-    "tokenize": {"workers": 2},  # the process pool, as on a real corpus
-    "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 256},
-    "pretrain": {"steps": 4, "batch_size": 4, "seq_len": 32, "eval_every": 2, "global_eval_tokens": 256,
-                 "checkpoint_every": 2, "warmup_steps": 1},
-    "sft": {"steps": 2, "batch_size": 2, "seq_len": 256, "eval_every": 2, "global_eval_tokens": 512, "warmup_steps": 1},
-    "sample": {"max_new_tokens": 8},
-}
+TINY = tiny_params(tokenize={"workers": 2})  # the process pool, as on a real corpus
 
 
 run = run_ok

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.helpers import project_env, run_ok
-from tests.integration.conftest import copy_run
+from tests.dvc_run import copy_run
 from tests.pipeline_graph import params_report
 
 run = run_ok

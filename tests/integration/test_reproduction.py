@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT, pipeline_copy
-from tests.integration.conftest import DVC_TINY, OUTPUT_ROOTS, run_in
+from tests.dvc_run import OUTPUT_ROOTS, run_in, run_pipeline
+from tests.helpers import ROOT
 
 # the files DVC never hashes: named in dvc.yaml's top-level metrics / plots, written by the stages
 VOLATILE = ("metrics/runtime/pretrain.json", "metrics/runtime/sft.json", "metrics/runtime/sample.json",
@@ -34,9 +34,8 @@ def modes(repo: Path) -> tuple[set[int], set[int]]:
 
 @pytest.fixture(scope="module")
 def second_run(tmp_path_factory) -> Path:
-    repo = pipeline_copy(tmp_path_factory.mktemp("reproduction") / "repo", DVC_TINY)
-    run_in(repo, "dvc", "repro", umask=0o002)
-    return repo
+    """The same pipeline (code, params, data) run again in another folder, under umask 002."""
+    return run_pipeline(tmp_path_factory.mktemp("reproduction"), umask=0o002).path
 
 
 def test_volatile_files_are_declared_but_never_hashed():

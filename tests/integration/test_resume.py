@@ -17,21 +17,13 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-import yaml
 
 from llm_core.training.checkpoint import FAULT_ENV
-from tests.helpers import pipeline_copy
+from tests.helpers import pipeline_copy, set_params, tiny_params
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = {
-    "data": {"num_docs": 200, "sft": {"num_docs": 50}, "hellaswag": {"num_docs": 8}, "val_fraction": 0.1},
-    "tokenizer": {"vocab_size": 400},
-    "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 64},
-    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "global_eval_tokens": 128,
-                 "checkpoint_every": 2, "keep_checkpoints": 2, "warmup_steps": 2, "precision": "fp32",
-                 "compile": False, "threads": 1},
-    "sft": {"seq_len": 64},
-}
+# 6 steps, checkpoints at 2, 4 and 6 (two kept); fp32 eager on one thread: bit-identical reruns
+TINY = tiny_params(pretrain={"checkpoint_every": 2, "keep_checkpoints": 2, "precision": "fp32", "compile": False,
+                             "threads": 1})
 STAGE = ["-m", "stages.pretrain", "--tokens", "data/tokens/pretrain", "--tokenizer", "models/tokenizer",
          "--raw", "data/raw/pretrain"]
 
@@ -48,9 +40,7 @@ def run(cmd: list[str], cwd: Path, fault: str | None = None, ok: bool = True) ->
 
 
 def set_optimizer(repo: Path, optimizer: str) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["pretrain"]["optimizer"] = optimizer
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(repo, {"pretrain": {"optimizer": optimizer}})
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
-from tests.integration.conftest import copy_run, run_in
+from tests.dvc_run import copy_run, run_in
 
 
 def exps_command() -> list[str]:

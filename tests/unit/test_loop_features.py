@@ -9,22 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from llm_core.config import ParallelConfig, TrainConfig
+from llm_core.config import ParallelConfig
 from llm_core.data.loader import IGNORE, DocRows
 from llm_core.evaluation.metrics import TokenMetrics, loss_fn
 from llm_core.model.io import load_model, write_model
 from llm_core.model.transformer import Transformer
 from llm_core.training import checkpoint
 from llm_core.training.loop import Job, Trainer, train
-from tests.helpers import die_at_batch, tiny_model_config
-from tests.unit.test_train import STREAM, VAL, job  # the same learnable stream
-
-
-def cfg(**kw):
-    base = dict(steps=8, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_every=4, global_eval_tokens=256,
-                checkpoint_every=3, keep_checkpoints=10, threads=2)
-    base.update(kw)
-    return TrainConfig(**base)
+from tests.helpers import STREAM, VAL, die_at_batch, tiny_model_config
+from tests.helpers import stream_job as job  # the learnable stream
+from tests.helpers import train_config as cfg
 
 
 def sha(path) -> str:

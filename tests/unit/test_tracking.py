@@ -18,8 +18,9 @@ from llm_core.model.io import write_model
 from llm_core.model.transformer import Transformer
 from llm_core.training import tracking
 from llm_core.training.loop import Trainer, train
+from tests.helpers import stream_job as job
 from tests.helpers import tiny_model_config
-from tests.unit.test_train import cfg, job
+from tests.helpers import train_config as cfg
 
 JUMP = 1000.0
 

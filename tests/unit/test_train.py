@@ -5,29 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from llm_core.config import ParallelConfig, ParamsError, TrainConfig
-from llm_core.data.loader import DocRows
+from llm_core.config import ParallelConfig, ParamsError
 from llm_core.model.io import load_model
 from llm_core.training import checkpoint
-from llm_core.training.loop import Job, NonFiniteError, train
-from tests.helpers import die_at_batch, tiny_model_config
-
-rng = np.random.default_rng(0)
-# a learnable stream: a repeating pattern with noise
-STREAM = [((np.arange(20_000) * 7) % 97 + rng.integers(0, 3, 20_000)).astype(np.uint16)]
-VAL = [((np.arange(3_000) * 7) % 97).astype(np.uint16)]
-
-
-def job(tmp_path, name="run", **kw):
-    return Job(DocRows(STREAM, 32), DocRows(VAL, 32), tmp_path / name, tmp_path / f"{name}_live",
-               token_bytes=np.ones(512, dtype=np.int64), data_fingerprint="d", desc="pretrain", **kw)
-
-
-def cfg(**kw):
-    base = dict(steps=8, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_every=4, global_eval_tokens=256,
-                checkpoint_every=3, keep_checkpoints=5, threads=2)
-    base.update(kw)
-    return TrainConfig(**base)
+from llm_core.training.loop import NonFiniteError, train
+from tests.helpers import Crash, die_at_batch, tiny_model_config
+from tests.helpers import stream_job as job  # the learnable stream
+from tests.helpers import train_config as cfg
 
 
 def final_weights(path):
@@ -41,10 +25,6 @@ def test_loss_goes_down_and_outputs_exist(tmp_path):
     assert res["val_bpb"] == pytest.approx(res["val_loss"] / np.log(2), rel=1e-6)  # 1 byte per token here
     assert (tmp_path / "run" / "model.safetensors").exists()
     assert (tmp_path / "run_live" / "plots" / "metrics" / "train" / "loss.tsv").exists()
-
-
-class Crash(RuntimeError):
-    pass
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])

@@ -10,8 +10,9 @@ from llm_core.model.io import load_model, write_model
 from llm_core.model.transformer import Transformer
 from llm_core.training import checkpoint
 from llm_core.training.loop import train
-from tests.helpers import die_at_batch, tiny_model_config
-from tests.unit.test_train import Crash, cfg, job
+from tests.helpers import Crash, die_at_batch, tiny_model_config
+from tests.helpers import stream_job as job
+from tests.helpers import train_config as cfg
 
 MOE = dict(ffn="moe", n_experts=8, top_k=2, n_shared_experts=1, expert_hidden=32)
 
