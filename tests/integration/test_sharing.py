@@ -41,10 +41,10 @@ def test_push_then_pull_in_a_fresh_clone_and_share_an_experiment(dvc_run, tmp_pa
     status = run_in(b, "dvc", "status").stdout
     assert "Data and pipelines are up to date" in status, status
     assert (b / "models/sft/model.safetensors").read_bytes() == (a / "models/sft/model.safetensors").read_bytes()
-    # the teammate talks to the pulled model at once (their own clone's code)
-    chat = run_in(b, str(Path(sys.executable).parent / "llm-chat"), "-p", "Tell me a story.", "--max-tokens", "8",
-                  PYTHONPATH=str(b))
-    assert chat.stdout.strip(), chat.stdout + chat.stderr
+    # the teammate talks to the pulled model at once (with their clone's code): the answer of A's model, seeded
+    chat = [run_in(clone, str(Path(sys.executable).parent / "llm-chat"), "-p", "Tell me a story.", "--max-tokens",
+                   "8", "--seed", "1", PYTHONPATH=str(clone)) for clone in (a, b)]
+    assert chat[1].stdout == chat[0].stdout and not chat[1].stderr.strip(), chat[1].stdout + chat[1].stderr
 
     out = run_in(a, "dvc", "exp", "run", "-n", "cooler", "-S", "sample.temperature=0.5").stdout
     assert re.findall(r"Running stage '([^']+)'", out) == ["sample"]
