@@ -43,7 +43,7 @@ def main() -> None:
               hellaswag_every=every, tokenizer=tok)
     model_cfg = params.model.resolved(tok.vocab_size)
     if plan.requested(args.dry_run):
-        print(plan.report(model_cfg, cfg, params.parallel, job, "pretrain"))
+        plan.dry_run(model_cfg, cfg, params.parallel, job, "pretrain")
         sys.exit(plan.EXIT_STATUS)
     result = train(model_cfg, cfg, params.parallel, job)
 

@@ -38,9 +38,9 @@ def main() -> None:
     # the architecture is the pretrained model's own (config.json), whatever model.* says now
     model_cfg = read_config(args.init, attention=params.model.attention)
     job = Job(train_rows, val_rows, Path(args.out), Path(args.live), token_bytes=tok.token_bytes(), bos_id=tok.bos_id,
-              init_from=Path(args.init), data_fingerprint=shards.data_fingerprint(manifest), desc="sft")
+              init_from=Path(args.init), data_fingerprint=shards.data_fingerprint(manifest), desc="sft", chat=True)
     if plan.requested(args.dry_run):
-        print(plan.report(model_cfg, cfg, params.parallel, job, "sft"))
+        plan.dry_run(model_cfg, cfg, params.parallel, job, "sft")
         sys.exit(plan.EXIT_STATUS)
     result = train(model_cfg, cfg, params.parallel, job)
     if distributed.is_main_process():

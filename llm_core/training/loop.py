@@ -44,6 +44,15 @@ COUNTERS = ("steps", "tokens", "skipped_steps", "final")
 RUNTIME = "runtime"
 
 
+def epoch_warning(desc: str, epochs: float, keeps_best: bool) -> str | None:
+    """What a run that repeats its data too often is told (by the stage, and before it by the dry run)."""
+    if epochs <= EPOCH_WARNING:
+        return None
+    return (f"{desc}: warning: the run repeats its training data {epochs:.1f} times; expect overfitting. "
+            f"Add data or lower {desc}.steps" + (f"; the best-by-validation weights are kept ({desc}.final: best)"
+                                                 if keeps_best else ""))
+
+
 def compared(result: dict) -> dict:
     """The figures of a run's result that belong in its metrics file."""
     return {k: v for k, v in result.items() if k not in COUNTERS and k != RUNTIME}
@@ -81,6 +90,7 @@ class Job:
     hellaswag_every: int = 0
     tokenizer: object = None
     bos_id: int | None = None  # rows are packed documents, each opened by this token (the document mask's bounds)
+    chat: bool = False  # rows are chats in the template: every model folder written says so (llm-chat reads it)
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -107,6 +117,7 @@ class Trainer:
         self.amp_dtype = resolve_precision(cfg, self.device)
         self.ckpt_root = job.out_dir / "checkpoints"
         self.best_dir = job.out_dir / "best"
+        self.model_info = {"chat": job.chat, "stage": job.desc}  # model_info.json of every folder this run writes
         # what decides the trajectory: a checkpoint of another config / data / start / rank count is never continued
         init_hash = weights_hash(job.init_from) if job.init_from is not None else ""
         trajectory = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "peak_flops")}
@@ -192,11 +203,9 @@ class Trainer:
         print(f"{desc}: {self.num_params:,} parameters, {cfg.steps} steps x {self.tokens_per_step:,} tokens = "
               f"{cfg.steps * self.tokens_per_step:,} tokens, {epochs:.2f} epochs of the training split "
               f"({len(self.job.train_rows):,} rows of {cfg.seq_len})", flush=True)
-        if epochs > EPOCH_WARNING:
-            print(f"{desc}: warning: the run repeats its training data {epochs:.1f} times; expect overfitting. "
-                  f"Add data or lower {desc}.steps" + ("; the best-by-validation weights are kept "
-                                                       f"({desc}.final: best)" if self.final == "best" else ""),
-                  flush=True)
+        warning = epoch_warning(desc, epochs, self.final == "best")
+        if warning:
+            print(warning, flush=True)
         if resumed:
             print(f"{desc}: resuming from step {self.state['step']} of {cfg.steps}", flush=True)
 
@@ -324,7 +333,7 @@ class Trainer:
         if self.ctx.is_main:
             tmp = self.job.out_dir / ".best.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            write_weights(tmp, self.model_cfg, weights)
+            write_weights(tmp, self.model_cfg, weights, self.model_info)
             write_json(tmp / "best.json", self.state["best"])
             shutil.rmtree(self.best_dir, ignore_errors=True)
             tmp.rename(self.best_dir)
@@ -338,7 +347,8 @@ class Trainer:
         if self.ctx.is_main:
             checkpoint.save_checkpoint(self.ckpt_root, step, self.model_cfg, weights, optim_states, self.state,
                                        self.cfg.keep_checkpoints,
-                                       scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None)
+                                       scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                                       info=self.model_info)
         distributed.barrier(self.ctx)
         checkpoint.fault_point("after_checkpoint", step)
 
@@ -414,7 +424,7 @@ class Trainer:
         if ctx.is_main:
             if use_best:
                 weights = load_model(self.best_dir).state_dict()
-            checkpoint.save_final(self.job.out_dir, self.model_cfg, weights, result)
+            checkpoint.save_final(self.job.out_dir, self.model_cfg, weights, result, self.model_info)
         self.tracker.close()
         distributed.barrier(ctx)
         return {**result, RUNTIME: runtime}

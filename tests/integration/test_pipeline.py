@@ -65,6 +65,12 @@ def test_repro_end_to_end_then_incremental(dvc_run, repo: Path):
     assert all(s["output"] for s in samples["samples"])
     assert (repo / "models/pretrain/model.safetensors").exists()
     assert (repo / "dvclive/pretrain/plots/metrics/train/loss.tsv").exists()
+    # the model folders say what they are, and llm-chat on a checkpoint finds the run's tokenizer
+    assert json.loads((repo / "models/sft/model_info.json").read_text()) == {"chat": True, "stage": "sft"}
+    assert json.loads((repo / "models/pretrain/model_info.json").read_text()) == {"chat": False, "stage": "pretrain"}
+    checkpoint = max(p for p in (repo / "models/sft/checkpoints").iterdir() if p.name.startswith("step_"))
+    assert "talking to" not in run([sys.executable, "-m", "llm_core.inference.console", "--model",
+                                    str(checkpoint.relative_to(repo)), "-p", "Hi", "--max-tokens", "3"], repo)
 
     assert ran_stages(run(dvc + ["repro"], repo)) == []  # nothing changed: nothing runs
 
