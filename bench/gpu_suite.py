@@ -10,7 +10,7 @@ Parts, each a benchmark of this folder run in its own process with its own time 
   ratio, numerics vs fp32 SDPA;
 - `optimizer` (`optimizer.py`): a Muon step on `124m`'s matrices, batched (ours) vs torch.optim.Muon: kernels and ms;
 - `pretrain_stage` (`pretrain_stage.py`): 50 steps of the real `pretrain` stage (`124m`): tokens/s and MFU from
-  `metrics/pretrain.json`;
+  `metrics/runtime/pretrain.json` (training time only);
 - `decode` (`decode.py`): greedy decoding tokens/s at batch 1 and 32, ours vs `transformers` `generate`, same exported
   weights;
 - `train_step_triton`: the `train_step` model with `model.attention: triton` (eager); not in the default plan
@@ -425,7 +425,7 @@ def _pretrain_lines(report: dict) -> list[str]:
             f"{p['optimizer']}; seconds per stage: {stages}",
             f"{'':<12} {'tokens/s':>11} {'MFU':>6}",
             f"{'whole run':<12} {_f(p.get('tokens_per_sec'), '11.0f')} {_f(p.get('mfu'), '6.1%')}   "
-            "(metrics/pretrain.json: compile, validation and checkpoint included)",
+            "(metrics/runtime/pretrain.json: training time, compile included)",
             f"{'steady':<12} {_f(p.get('steady_tokens_per_sec'), '11.0f')} {_f(p.get('steady_mfu'), '6.1%')}   "
             "(median of the per-step curve, second half)"]
 

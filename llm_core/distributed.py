@@ -93,6 +93,15 @@ def fsdp_mixed_precision(amp_dtype: torch.dtype | None):
     return MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
 
 
+def gather_objects(obj, ctx: Context) -> list:
+    """Every rank's value of a picklable object, in rank order (per-item evaluation records)."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def wrap(model: torch.nn.Module, mode: str, ctx: Context, amp_dtype: torch.dtype | None = None) -> torch.nn.Module:
     """The module the training step calls. `none` (or one process) returns the model itself; FSDP shards in place,
     with `fsdp_mixed_precision(amp_dtype)`."""

@@ -8,9 +8,9 @@ from llm_core import cli, distributed
 from llm_core.config import load_params
 from llm_core.data import loader, shards, sources
 from llm_core.data.tokenizer import Tokenizer
-from llm_core.files import write_metrics
+from llm_core.files import write_metrics, write_run_info
 from llm_core.training import plan
-from llm_core.training.loop import Job, compared, train
+from llm_core.training.loop import RUNTIME, Job, compared, train
 
 
 def main() -> None:
@@ -21,8 +21,11 @@ def main() -> None:
     ap.add_argument("--out", default="models/pretrain")
     ap.add_argument("--live", default="dvclive/pretrain", help="dvclive folder for the curves")
     ap.add_argument("--metrics", default="metrics/pretrain.json")
+    ap.add_argument("--runtime", default="metrics/runtime/pretrain.json",
+                    help="run-info file: throughput, time by phase, date (volatile: never hashed by DVC)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, memory and time estimates; write nothing")
-    ap.add_argument("--hellaswag", help="HellaSwag items scored during training (eval.hellaswag_every)")
+    ap.add_argument("--probe", help="HellaSwag-format items scored during training (eval.hellaswag_every), e.g. "
+                    "data/raw/probe")
     args = ap.parse_args()
     params = load_params()
     if not plan.requested(args.dry_run):
@@ -33,9 +36,8 @@ def main() -> None:
     cfg = params.pretrain
     train_rows = loader.pretrain_rows(args.tokens, "train", cfg.seq_len, manifest)
     val_rows = loader.pretrain_rows(args.tokens, "val", cfg.seq_len, manifest)
-    every = params.eval.hellaswag_every if args.hellaswag else 0
-    items = (list(sources.read_dataset(args.hellaswag, "val", "download_hellaswag"))[:params.eval.hellaswag_items]
-             if every else None)
+    every = params.eval.hellaswag_every if args.probe else 0
+    items = list(sources.read_dataset(args.probe, "val", "download_probe")) if every else None
     job = Job(train_rows, val_rows, Path(args.out), Path(args.live), token_bytes=tok.token_bytes(), bos_id=tok.bos_id,
               data_fingerprint=shards.data_fingerprint(manifest), desc="pretrain", hellaswag=items,
               hellaswag_every=every, tokenizer=tok)
@@ -53,7 +55,9 @@ def main() -> None:
             metrics["entropy_floor_bpb"] = floor
             metrics["bpb_gap_to_floor"] = metrics["val_bpb"] - floor
         write_metrics(args.metrics, metrics)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        write_run_info(args.runtime, result[RUNTIME])
+        for shown in (metrics, result[RUNTIME]):
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items()})
     distributed.teardown()
 
 

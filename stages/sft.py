@@ -8,10 +8,10 @@ from llm_core import cli, distributed
 from llm_core.config import load_params
 from llm_core.data import loader, shards
 from llm_core.data.tokenizer import Tokenizer
-from llm_core.files import write_metrics
+from llm_core.files import write_metrics, write_run_info
 from llm_core.model.io import read_config
 from llm_core.training import plan
-from llm_core.training.loop import Job, compared, train
+from llm_core.training.loop import RUNTIME, Job, compared, train
 
 
 def main() -> None:
@@ -22,6 +22,8 @@ def main() -> None:
     ap.add_argument("--out", default="models/sft")
     ap.add_argument("--live", default="dvclive/sft")
     ap.add_argument("--metrics", default="metrics/sft.json")
+    ap.add_argument("--runtime", default="metrics/runtime/sft.json",
+                    help="run-info file: throughput, time by phase, date (volatile: never hashed by DVC)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, memory and time estimates; write nothing")
     args = ap.parse_args()
     params = load_params()
@@ -44,7 +46,9 @@ def main() -> None:
     if distributed.is_main_process():
         metrics = compared(result)
         write_metrics(args.metrics, metrics)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        write_run_info(args.runtime, result[RUNTIME])
+        for shown in (metrics, result[RUNTIME]):
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items()})
     distributed.teardown()
 
 

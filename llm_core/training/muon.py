@@ -1,7 +1,7 @@
 """Muon with its Newton-Schulz iterations batched over matrices of one shape.
 
 The update is torch.optim.Muon's, step for step (Keller Jordan's Muon; `match_rms_adamw` from Moonshot's "Muon is
-Scalable"): Nesterov momentum, then 5 quintic Newton-Schulz iterations in bf16 that orthogonalise each matrix's update,
+Scalable"): Nesterov momentum, then 5 quintic Newton-Schulz iterations (bf16 on GPUs, fp32 on CPUs) that orthogonalise each matrix's update,
 decoupled weight decay, and a shape-dependent learning-rate scale. torch.optim.Muon runs those iterations one matrix
 at a time: on `124m` a step is ~2,500 small kernels (launch-bound on a GPU, where AdamW's fused step is one).
 
@@ -40,11 +40,18 @@ def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float
     return lr
 
 
+def ns_dtype_for(device: torch.device) -> torch.dtype:
+    """The Newton-Schulz dtype: bf16 on GPUs (torch.optim.Muon's choice, tensor cores), fp32 on CPUs, where bf16
+    matmuls without AVX512-BF16/AMX run ~10x slower than fp32 (measured on a 2-core AVX2 EPYC: a Muon step of the
+    default model took as long as its forward and backward together). fp32 is the more exact of the two."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def newton_schulz(x: torch.Tensor, coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
-                  steps: int = NS_STEPS, eps: float = EPS) -> torch.Tensor:
-    """Orthogonalise each matrix of a (n, rows, cols) stack with rows <= cols, in bf16; returns the bf16 stack."""
+                  steps: int = NS_STEPS, eps: float = EPS, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Orthogonalise each matrix of a (n, rows, cols) stack with rows <= cols, in `dtype`; returns that stack."""
     a, b, c = coefficients
-    x = x.bfloat16()
+    x = x.to(dtype)
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
     for _ in range(steps):
         gram = x @ x.mT  # (n, rows, rows)
@@ -72,7 +79,8 @@ class Muon(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
                  nesterov: bool = True, ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
-                 eps: float = EPS, ns_steps: int = NS_STEPS, adjust_lr_fn: str | None = None):
+                 eps: float = EPS, ns_steps: int = NS_STEPS, adjust_lr_fn: str | None = None,
+                 ns_dtype: torch.dtype | None = None):
         if not lr >= 0 or not momentum >= 0 or not weight_decay >= 0:
             raise ValueError(f"Muon: lr, momentum and weight_decay must be >= 0 (got {lr}, {momentum}, "
                              f"{weight_decay})")
@@ -81,6 +89,8 @@ class Muon(torch.optim.Optimizer):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                         ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
         super().__init__(params, defaults)
+        # not a param-group key, so state dicts keep torch.optim.Muon's keys; None = ns_dtype_for(the device)
+        self.ns_dtype = ns_dtype
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
@@ -120,8 +130,9 @@ class Muon(torch.optim.Optimizer):
             full = [_full(updates[i]) for i in members]
             tall = [u.shape[0] > u.shape[1] for u in full]
             x = torch.stack([u.mT if t else u for u, t in zip(full, tall)])  # (n, rows, cols)
-            x = newton_schulz(x, group["ns_coefficients"], group["ns_steps"], group["eps"])
-            # back in the parameters' dtype and layout (exact: bf16 widens losslessly), so the final add is one
+            x = newton_schulz(x, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                              self.ns_dtype or ns_dtype_for(x.device))
+            # back in the parameters' dtype and layout (exact where bf16 widens to fp32), so the final add is one
             # fused foreach kernel instead of one mixed-dtype, strided add per matrix
             for flag in (False, True):
                 rows = [j for j, t in enumerate(tall) if t == flag]

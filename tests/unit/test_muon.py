@@ -36,7 +36,7 @@ def assert_bf16_close(ours, ref, adjust_lr_fn, steps=STEPS):
 def test_equals_torch_muon_within_bf16_round_off(adjust_lr_fn, nesterov):
     kw = dict(lr=LR, weight_decay=0.1, momentum=0.95, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
     ref_params, our_params = muon_params(), muon_params()
-    ref, ours = torch.optim.Muon(ref_params, **kw), Muon(our_params, **kw)
+    ref, ours = torch.optim.Muon(ref_params, **kw), Muon(our_params, ns_dtype=torch.bfloat16, **kw)
     muon_steps(ref, ref_params)
     muon_steps(ours, our_params)
     moved = max((a - b).abs().max().item() for a, b in zip(our_params, muon_params()))
@@ -52,12 +52,28 @@ def test_state_moves_between_torch_muon_and_ours():
     ref = torch.optim.Muon(ref_params, **kw)
     muon_steps(ref, ref_params, steps=2)
     our_params = [torch.nn.Parameter(p.detach().clone()) for p in ref_params]
-    ours = Muon(our_params, **kw)
+    ours = Muon(our_params, ns_dtype=torch.bfloat16, **kw)
     ours.load_state_dict(copy.deepcopy(ref.state_dict()))  # a checkpoint written with torch.optim.Muon
     muon_steps(ref, ref_params, steps=2, first=2)
     muon_steps(ours, our_params, steps=2, first=2)
     assert_bf16_close(our_params, ref_params, "match_rms_adamw", steps=2)
     assert ours.state_dict()["param_groups"][0].keys() == ref.state_dict()["param_groups"][0].keys()
+
+
+def test_on_the_cpu_the_iterations_run_in_fp32_close_to_torch_muon():
+    """The CPU default: fp32 Newton-Schulz (bf16 matmuls are slow on CPUs without bf16 units). It is what
+    ns_dtype=float32 gives, differs from the bf16 run, and stays within bf16 round-off of torch.optim.Muon."""
+    kw = dict(lr=LR, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    runs = {}
+    for name, dtype in (("default", None), ("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        params = muon_params()
+        muon_steps(Muon(params, ns_dtype=dtype, **kw), params)
+        runs[name] = params
+    ref_params = muon_params()
+    muon_steps(torch.optim.Muon(ref_params, **kw), ref_params)
+    assert all(torch.equal(a, b) for a, b in zip(runs["default"], runs["fp32"]))
+    assert not all(torch.equal(a, b) for a, b in zip(runs["default"], runs["bf16"]))
+    assert_bf16_close(runs["default"], ref_params, "match_rms_adamw")
 
 
 _ZERO1_WORKER = """
@@ -68,7 +84,8 @@ from llm_core.training.muon import Muon
 from tests.helpers import muon_params, muon_steps
 dist.init_process_group("gloo")
 params = muon_params()
-opt = ZeroRedundancyOptimizer(params, optimizer_class=Muon, lr={lr}, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+opt = ZeroRedundancyOptimizer(params, optimizer_class=Muon, lr={lr}, weight_decay=0.1, adjust_lr_fn="match_rms_adamw",
+                                 ns_dtype=torch.bfloat16)
 muon_steps(opt, params)
 if dist.get_rank() == 0:
     torch.save([p.detach() for p in params], {out!r})
