@@ -11,11 +11,12 @@ check against the model's own path) with far fewer ops:
   once (what `F.linear` runs, less its wrappers);
 - in fp32 the dtype round trips of the norms and RoPE (fp32 statistics for bf16 activations) are left out: they
   are identities there;
-- RoPE rotates q and k together, as x * cos + roll(x) * sin' with sin' = sin with its first half negated
-  (roll by half a head is the rotate-half layout, the negation moves onto the table);
+- RoPE rotates q and k together, as x * cos + swap(x) * sin' with sin' = sin with its first half negated
+  (swapping the halves of a head is the rotate-half layout, the negation moves onto the table);
 - the RoPE rows, the attention mask (only when rows have different lengths) and the cache slots the new keys and
-  values go to are built once per step and shared by every layer; the lengths the step needs on the host come from the caller, so a step never
-  waits on the device.
+  values go to are built once per step and shared by every layer; the lengths the step needs on the host come from
+  the caller, so the step never waits on the device;
+- attention goes through the model's one dispatch point (`llm_core.model.attention`), as the model's own does.
 
 Blocks this step does not cover (latent attention, mixture of experts) keep the model's own forward pass:
 `FusedDecoder.supports(model)` says which. The fused weights are copies (the attention and feed-forward matrices once
@@ -61,8 +62,8 @@ def _norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # layers.apply_rope with the rotation as a roll (sin's first half negated)
-    rolled = x.roll(x.shape[-1] // 2, -1)
+    # layers.apply_rope with the rotation as a swap of the two halves (one flip; sin's first half negated)
+    rolled = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
     if x.dtype == torch.float32:
         return x * cos + rolled * sin
     return (x.float() * cos + rolled.float() * sin).type_as(x)

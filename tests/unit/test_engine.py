@@ -152,7 +152,8 @@ def _ragged_cache(model, lengths, dtype=torch.float32):
 
 @pytest.mark.parametrize("arch", [{}, dict(qk_norm=True), dict(n_kv_heads=4), dict(n_kv_heads=1)],
                          ids=["gqa", "qk-norm", "mha", "mqa"])
-@pytest.mark.parametrize("lengths", [[5, 17, 1, 9], [7, 7, 7]], ids=["ragged", "in-step"])
+@pytest.mark.parametrize("lengths", [[5, 17, 1, 9], [7, 7, 7], [3, 9, 1, 12, 5, 7, 2, 11] * 2],
+                         ids=["ragged", "in-step", "16-rows"])  # 16 rows x 4 heads: attention by bmm
 def test_fused_step_equals_the_model_bit_for_bit(arch, lengths):
     model = _model(**arch)
     tokens = torch.tensor(_prompts([len(lengths)], seed=9)[0])
