@@ -63,7 +63,8 @@ def bare(model_cfg: ModelConfig, cfg: TrainConfig, rows: StreamRows) -> float:
 def ours(model_cfg: ModelConfig, cfg: TrainConfig, rows: StreamRows, tmp: Path, i: int) -> tuple[float, float]:
     """(median seconds per step, whole run) of `train()`. The per-step figure comes from the loop's own
     `train/tokens_per_sec` curve: each point spans everything from one step's end to the next one's (the step, the
-    dvclive writes, the progress bar), so nothing of the loop escapes it; set-up and the final checkpoint do."""
+    dvclive writes, the progress bar) but validation and checkpoint writes, which the loop times apart, so nothing
+    of the training loop escapes it; set-up and the final checkpoint do."""
     job = Job(rows, None, tmp / f"run{i}", tmp / f"live{i}", data_fingerprint="bench", desc="bench")
     t0 = time.perf_counter()
     train(model_cfg, cfg, ParallelConfig(), job)

@@ -81,12 +81,13 @@ def one_run(base: Path, folder: Path, params: dict) -> dict:
     log = folder / "log.txt"
     t0 = time.perf_counter()
     run(["stages.pretrain", "--tokens", "data/tokens/pretrain", "--tokenizer", "models/tokenizer", "--raw",
-         "data/raw/pretrain", "--out", "models/pretrain", "--live", "dvclive", "--metrics", "pretrain.json"],
-        folder, log)
+         "data/raw/pretrain", "--out", "models/pretrain", "--live", "dvclive", "--metrics", "pretrain.json",
+         "--runtime", "runtime.json"], folder, log)
     seconds = time.perf_counter() - t0
     run(["stages.eval_hellaswag", "--model", "models/pretrain", "--tokenizer", "models/tokenizer", "--items",
          "data/raw/hellaswag", "--metrics", "hellaswag.json"], folder, log)
     out = json.loads((folder / "pretrain.json").read_text()) | json.loads((folder / "hellaswag.json").read_text())
+    out["tokens_per_sec"] = json.loads((folder / "runtime.json").read_text()).get("tokens_per_sec")
     out["seconds"] = seconds
     return out
 

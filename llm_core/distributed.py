@@ -81,6 +81,15 @@ def broadcast_object(obj, ctx: Context):
     return box[0]
 
 
+def gather_objects(obj, ctx: Context) -> list:
+    """Every rank's value of a picklable object, in rank order (per-item evaluation records)."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def wrap(model: torch.nn.Module, mode: str, ctx: Context) -> torch.nn.Module:
     """The module the training step calls. `none` (or one process) returns the model itself; FSDP shards in place."""
     if mode == "none" or not ctx.distributed:

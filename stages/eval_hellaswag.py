@@ -1,6 +1,8 @@
-"""Stage eval_hellaswag: score a model on HellaSwag-format items -> metrics/hellaswag.json (acc, acc_norm)."""
+"""Stage eval_hellaswag: score a model on HellaSwag-format items -> metrics/hellaswag.json (acc, acc_norm,
+acc_norm_tokens) and one record per item (context, endings, log-likelihoods, picks) in a .jsonl beside it."""
 
 import argparse
+import json
 
 import torch
 
@@ -9,7 +11,7 @@ from llm_core.config import load_params
 from llm_core.data import sources
 from llm_core.data.tokenizer import Tokenizer
 from llm_core.evaluation import hellaswag
-from llm_core.files import write_metrics
+from llm_core.files import write_bytes, write_metrics
 from llm_core.model.io import load_model
 
 
@@ -19,6 +21,7 @@ def main() -> None:
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--items", required=True, help="downloaded HellaSwag items, e.g. data/raw/hellaswag")
     ap.add_argument("--metrics", required=True)
+    ap.add_argument("--records", required=True, help="per-item results (.jsonl), e.g. metrics/hellaswag_items.jsonl")
     args = ap.parse_args()
     params = load_params()
     ctx = distributed.setup(params.parallel.backend)
@@ -28,8 +31,9 @@ def main() -> None:
     if params.eval.max_items:
         items = items[:params.eval.max_items]
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
-        result = hellaswag.score_items(model, items, tok, params.eval.batch_size, ctx)
+        result, records = hellaswag.evaluate(model, items, tok, params.eval.batch_size, ctx)
     if ctx.is_main:
+        write_bytes(args.records, "".join(json.dumps(r) + "\n" for r in records).encode())
         write_metrics(args.metrics, result)
         print(result)
     distributed.teardown()

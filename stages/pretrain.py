@@ -9,9 +9,8 @@ def build(inputs: stage.Inputs):
     args, params, cfg = inputs.args, inputs.params, inputs.params.pretrain
     train_rows = loader.pretrain_rows(args.tokens, "train", cfg.seq_len, inputs.manifest)
     val_rows = loader.pretrain_rows(args.tokens, "val", cfg.seq_len, inputs.manifest)
-    every = params.eval.hellaswag_every if args.hellaswag else 0
-    items = (list(sources.read_dataset(args.hellaswag, "val", "download_hellaswag"))[:params.eval.hellaswag_items]
-             if every else None)
+    every = params.eval.hellaswag_every if args.probe else 0
+    items = list(sources.read_dataset(args.probe, "val", "download_probe")) if every else None
     job = inputs.job(train_rows, val_rows, hellaswag=items, hellaswag_every=every, tokenizer=inputs.tok)
     return params.model.resolved(inputs.tok.vocab_size), cfg, job
 
@@ -29,7 +28,8 @@ def floor_metrics(inputs: stage.Inputs, job, metrics: dict) -> dict:
 def main() -> None:
     ap = stage.arguments("pretrain", __doc__)
     ap.add_argument("--raw", default="data/raw/pretrain", help="the corpus (its info.json may know the entropy floor)")
-    ap.add_argument("--hellaswag", help="HellaSwag items scored during training (eval.hellaswag_every)")
+    ap.add_argument("--probe", help="HellaSwag-format items scored during training (eval.hellaswag_every), e.g. "
+                    "data/raw/probe")
     stage.run("pretrain", "stages.pretrain", ap.parse_args(), build, floor_metrics)
 
 

@@ -27,7 +27,7 @@ def tiny_model_config(vocab_size: int = 512, **overrides) -> ModelConfig:
 def train_config(**overrides) -> TrainConfig:
     """A training config for tiny in-process runs: 8 steps of 4 x 32 tokens, validation every 4, checkpoints every
     3 (so a run killed at step 5 resumes from step 3)."""
-    base = dict(steps=8, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_every=4, eval_batches=2,
+    base = dict(steps=8, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_every=4, global_eval_tokens=256,
                 checkpoint_every=3, keep_checkpoints=5, threads=2)
     base.update(overrides)
     return TrainConfig(**base)
@@ -100,15 +100,17 @@ def merge(base: dict, over: dict) -> dict:
 # every stage of the default pipeline still meaningful (a tokenizer with merges, a model that learns a little, enough
 # validation rows and HellaSwag / chat items for the metrics to be fractions). Tests pass only what they test.
 TINY_PARAMS = {
-    "data": {"num_docs": 300, "sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "val_fraction": 0.1},
+    "data": {"num_docs": 300, "sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "probe": {"num_docs": 8},
+             "val_fraction": 0.1},
     "tokenizer": {"vocab_size": 600},
     "tokenize": {"workers": 1},  # a process pool costs more than it saves on a tiny corpus
     "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 256},
-    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "eval_batches": 2,
+    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "global_eval_tokens": 256,
                  "checkpoint_every": 3, "warmup_steps": 2},
-    "sft": {"steps": 3, "batch_size": 2, "seq_len": 256, "eval_every": 3, "eval_batches": 1, "warmup_steps": 1},
+    "sft": {"steps": 3, "batch_size": 2, "seq_len": 256, "eval_every": 3, "global_eval_tokens": 512,
+            "warmup_steps": 1},
     "sample": {"max_new_tokens": 8},
-    "eval": {"chat_items": 20, "hellaswag_every": 0, "hellaswag_items": 8},
+    "eval": {"chat_items": 20, "hellaswag_every": 0},
 }
 
 
@@ -167,3 +169,25 @@ def stage(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess
     if ok:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# lm-evaluation-harness tasks over local files (the harness reads them offline)
+
+HELLASWAG_FIXTURE = ROOT / "tests/fixtures/hellaswag_official_schema.jsonl"
+
+
+def hellaswag_task_yaml(name: str, items: Path) -> str:
+    """A task that is the harness's own hellaswag (preprocessing, choices, metrics) over a local jsonl file."""
+    import importlib.util
+
+    official = Path(importlib.util.find_spec("lm_eval").origin).parent / "tasks/hellaswag/hellaswag.yaml"
+    return (f"include: {official}\ntask: {name}\ndataset_path: json\ndataset_name: null\n"
+            f"dataset_kwargs:\n  data_files:\n    validation: {items}\ntraining_split: null\n"
+            "validation_split: validation\n")
+
+
+def offline_harness_env(cache: Path) -> dict[str, str]:
+    """Environment in which the harness and the libraries under it never reach the network."""
+    return {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_CACHE": str(cache)}

@@ -8,9 +8,10 @@ before any work, with a message that names the key and what it accepts. `base` h
 from llm_core.config.base import TRACE_ENV, ParamsError
 from llm_core.config.model import (ATTENTION_TYPES, FFN_TYPES, PRESETS, SCORE_FUNCS, LayerConfig, ModelConfig)
 from llm_core.config.params import (PARAMS_FILE, DataConfig, EvalConfig, ParallelConfig, Params, SampleConfig,
-                                    SourceConfig, TokenizeConfig, TokenizerConfig, TrainConfig, fingerprint,
-                                    load_params)
+                                    SourceConfig, TextEvalConfig, TokenizeConfig, TokenizerConfig, TrainConfig,
+                                    fingerprint, load_params)
 
 __all__ = ["ATTENTION_TYPES", "FFN_TYPES", "PARAMS_FILE", "PRESETS", "SCORE_FUNCS", "TRACE_ENV", "DataConfig",
            "EvalConfig", "LayerConfig", "ModelConfig", "ParallelConfig", "Params", "ParamsError", "SampleConfig",
-           "SourceConfig", "TokenizeConfig", "TokenizerConfig", "TrainConfig", "fingerprint", "load_params"]
+           "SourceConfig", "TextEvalConfig", "TokenizeConfig", "TokenizerConfig", "TrainConfig", "fingerprint",
+           "load_params"]

@@ -49,27 +49,47 @@ class ParsedRequest:
     seed: int | None
 
 
+def too_large() -> ApiError:
+    return ApiError(413, f"request body is over {MAX_BODY_BYTES} bytes (1 MiB); send a shorter conversation")
+
+
 def parse_json(raw: bytes) -> dict:
     if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, f"request body is over {MAX_BODY_BYTES} bytes")
+        raise too_large()
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"request body is not valid JSON ({e})") from None
+    except RecursionError:  # the parser recurses once per level: 50,000 nested [ would be a crash, not a request
+        raise ApiError(400, "request body is JSON nested too deeply to parse; a request needs a few levels "
+                            "(an object with a list of message objects)") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     return body
+
+
+def _short(value) -> str:
+    """A client's value in an error message, cut short (a number may have thousands of digits)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _bounds(lo: float, hi: float, lo_open: bool = False) -> str:
+    """An allowed range in words: "between 0 and 2", "greater than 0 and at most 1", "1"."""
+    if lo == hi:
+        return f"{lo:g}"
+    return f"greater than {lo:g} and at most {hi:g}" if lo_open else f"between {lo:g} and {hi:g}"
 
 
 def _number(body: dict, key: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ApiError(400, f"{key} must be a number (got {value!r})", key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float)
+                                                                          and not math.isfinite(value)):
+        raise ApiError(400, f"{key} must be a number (got {_short(value)})", key)
     if value > hi or value < lo or (lo_open and value == lo):
-        interval = f"{'(' if lo_open else '['}{lo}, {hi}]"
-        raise ApiError(400, f"{key} must be in {interval} (got {value})", key)
+        raise ApiError(400, f"{key} must be {_bounds(lo, hi, lo_open)} (got {_short(value)})", key)
     return float(value)
 
 
@@ -78,9 +98,9 @@ def _integer(body: dict, key: str, default: int | None, lo: int, hi: int) -> int
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"{key} must be an integer (got {value!r})", key)
+        raise ApiError(400, f"{key} must be an integer (got {_short(value)})", key)
     if not lo <= value <= hi:
-        raise ApiError(400, f"{key} must be between {lo} and {hi} (got {value})", key)
+        raise ApiError(400, f"{key} must be {_bounds(lo, hi)} (got {_short(value)})", key)
     return value
 
 
@@ -151,8 +171,10 @@ def parse_request(body: dict, kind: str, model_id: str, vocab_size: int) -> Pars
         top_k=_integer(body, "top_k", 0, 0, min(MAX_TOP_K, vocab_size)),
         repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, 2.0, lo_open=True),
     )
-    if _integer(body, "n", 1, 1, 1) != 1:
-        raise ApiError(400, "n must be 1", "n")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):  # one choice per request
+        raise ApiError(400, f"n must be 1: this server returns one choice per request (got {n!r}); send n "
+                            "requests with different seeds for n answers", "n")
     for key in ("frequency_penalty", "presence_penalty"):
         if _number(body, key, 0.0, -2.0, 2.0) != 0.0:
             raise ApiError(400, f"{key} is not supported; use repetition_penalty (> 1 discourages repeats)", key)
@@ -177,9 +199,11 @@ def new_id(kind: str) -> str:
     return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, dropped: int = 0) -> dict:
+    """OpenAI's usage, plus `prompt_tokens_dropped`: the prompt's first tokens that did not fit the model's context
+    (the model never read them; 0 when the prompt fits)."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_dropped": dropped}
 
 
 def chunk(kind: str, rid: str, model: str, created: int, text: str | None, finish: str | None,

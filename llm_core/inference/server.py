@@ -1,13 +1,14 @@
 """`llm-serve`: an OpenAI-compatible HTTP server and the browser chat page, over the batched engine.
 
-One background thread owns the model and the engine and loops: take new and cancelled requests, run one decode
-step for every active request, hand each request its events. So concurrent requests are decoded together, a new
-one joins the running batch at the next step and a finished one leaves it (continuous batching). Requests that
-find every row busy wait in a bounded queue; past it the server answers 503 at once instead of letting latency
-grow without limit. Web handlers never touch the model: they validate, submit, and read their request's events.
+The model runs in one background thread (`scheduler.py`: continuous batching, a bounded queue, 503 past it). A
+completion request goes through three named phases: `parse` (read and validate the body, build the engine request;
+every mistake a 4xx in OpenAI's error shape), `collect` (the one loop that turns the request's engine events into
+text, shared by streamed and whole responses) and an encoder (`encode_whole` for one JSON object, `encode_stream` for
+server-sent events). Every request leaves one access-log line on stdout (method, path, status, prompt and completion
+tokens, latency); `--log-level warning` silences them.
 
 Routes: POST /v1/chat/completions, POST /v1/completions (JSON or server-sent events), GET /v1/models, GET /health,
-GET / (the chat page, a static file shipped in the package, no network needed).
+GET / (the chat page, a static file shipped in the package, no network needed), GET /favicon.ico.
 """
 
 from __future__ import annotations
@@ -15,321 +16,384 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
-import queue
-import threading
+import socket
+import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from importlib import resources
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request as HttpRequest
-from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from llm_core import cli
+from llm_core.errors import UserError
 from llm_core.inference import api
-from llm_core.inference.engine import Engine, Event, Request
-from llm_core.inference.loading import LoadedModel, load
+from llm_core.inference.engine import Request
+from llm_core.inference.loading import LoadedModel, find_model, load
+from llm_core.inference.scheduler import Job, QueueFull, Scheduler
 from llm_core.inference.text import TextStream
 
-
-class _Job:
-    """One request in flight: its engine request and the asyncio queue its handler reads events from."""
-
-    def __init__(self, req: Request, loop: asyncio.AbstractEventLoop):
-        self.req, self.loop = req, loop
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
-        self.rid: int | None = None
-        self.admitted = False
-
-    async def next_events(self) -> list[Event]:
-        """Every event delivered so far (at least one): a handler that fell behind sends them as one chunk."""
-        return [await self.events.get()] + self.drain()
-
-    def drain(self) -> list[Event]:
-        out = []
-        while not self.events.empty():
-            out.append(self.events.get_nowait())
-        return out
-
-
-def _deliver(batch: list[tuple[_Job, Event]]) -> None:
-    """Runs in the event loop: one wake-up per engine step, not one per token."""
-    for job, ev in batch:
-        job.events.put_nowait(ev)
-
-
+DEFAULT_MODEL = "models/sft"
 # A stream sends at most one chunk per interval (the first at once): nobody reads faster than 50 updates a
 # second, and under load every send costs the server a syscall and a turn of the GIL that decoding needs.
 STREAM_INTERVAL_S = 0.02
+LOG = logging.getLogger("llm_core.serve")
+ACCESS = logging.getLogger("llm_core.serve.access")
+FAILED = "generation failed inside the server; see its log"
 
 
-class QueueFull(Exception):
-    pass
+@dataclass
+class Served:
+    """What every handler shares: the model, the engine's thread, the page and the limits."""
 
-
-class Scheduler:
-    """The engine's thread: all model work happens here."""
-
-    def __init__(self, engine: Engine, queue_size: int):
-        self.engine, self.queue_size = engine, queue_size
-        self._inbox: queue.Queue[tuple[str, _Job]] = queue.Queue()
-        self._jobs: dict[int, _Job] = {}
-        self._waiting = 0  # submitted, not yet holding a batch row
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    loaded: LoadedModel
+    scheduler: Scheduler
+    max_batch: int
+    queue_size: int
+    page: str
 
     @property
-    def waiting(self) -> int:
-        return self._waiting
+    def model_id(self) -> str:
+        return self.loaded.name
 
-    @property
-    def active(self) -> int:
-        return self.engine.active
 
-    def submit(self, job: _Job) -> None:
-        with self._lock:
-            free_rows = self.engine.max_batch - self.engine.active
-            if self._waiting >= free_rows + self.queue_size:
-                raise QueueFull
-            self._waiting += 1
-        self._inbox.put(("add", job))
+@dataclass
+class Prepared:
+    """A validated completion request, ready for the engine."""
 
-    def cancel(self, job: _Job) -> None:
-        self._inbox.put(("cancel", job))
+    parsed: api.ParsedRequest
+    prompt: list[int]
+    stops: list[int]
 
-    def _take_inbox(self) -> None:
-        block = not self.engine.has_work()
-        while True:
-            try:
-                op, job = self._inbox.get(timeout=0.05) if block else self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            block = False
-            if op == "add":
-                job.rid = self.engine.submit(job.req)
-                self._jobs[job.rid] = job
-            elif job.rid is not None and job.rid in self._jobs:
-                self.engine.cancel(job.rid)
-                del self._jobs[job.rid]
-                if not job.admitted:
-                    self._count_admitted(job)
 
-    def _count_admitted(self, job: _Job) -> None:
-        job.admitted = True
-        with self._lock:
-            self._waiting -= 1
+class Tally:
+    """What `collect` counted for a request: tokens, how it finished, the prompt tokens the context dropped."""
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._take_inbox()
-            if not self.engine.has_work():
-                continue
-            try:
-                events = self.engine.step()
-            except Exception as e:  # a bug, not a request's fault: fail the requests in flight, keep serving
-                logging.getLogger("llm_core.serve").exception("decode step failed")
-                self.error = e
-                for rid, job in list(self._jobs.items()):
-                    self.engine.cancel(rid)
-                    job.loop.call_soon_threadsafe(_deliver, [(job, Event(rid, None, "error"))])
-                self._jobs.clear()
-                with self._lock:
-                    self._waiting = 0
-                continue
-            in_batch = {row.rid for row in self.engine.rows}
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Event]]] = {}
+    def __init__(self, prompt_tokens: int):
+        self.prompt_tokens = prompt_tokens
+        self.tokens = 0
+        self.finish: str | None = None
+        self.dropped = 0
+
+    def usage(self) -> dict:
+        return api.usage(self.prompt_tokens, self.tokens, self.dropped)
+
+
+# ---------------------------------------------------------------------------------------------------------- phases
+
+async def read_body(request: HttpRequest) -> bytes:
+    """The request body, refused (413) as soon as it passes the limit: a huge upload is never held in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > api.MAX_BODY_BYTES:
+        raise api.too_large()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > api.MAX_BODY_BYTES:
+            raise api.too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse(served: Served, raw: bytes, kind: str) -> Prepared:
+    """Phase 1: the body checked field by field (ApiError names the first bad one) and turned into token ids."""
+    lm = served.loaded
+    parsed = api.parse_request(api.parse_json(raw), kind, served.model_id, lm.tokenizer.vocab_size)
+    if kind == "chat":
+        return Prepared(parsed, lm.chat_prompt(parsed.messages), lm.chat_stop_ids)
+    return Prepared(parsed, lm.plain_prompt(parsed.prompt), lm.stop_ids)
+
+
+async def collect(served: Served, job: Job, tally: Tally, interval_s: float = 0.0) -> AsyncIterator[str]:
+    """Phase 2, the one collecting loop: the request's text as the engine produces it, at most one piece per
+    `interval_s` (0: whatever has arrived), counted into `tally`. A consumer that stops early (a client gone)
+    frees the request's batch row."""
+    text = TextStream(served.loaded.tokenizer)
+    loop, last = asyncio.get_running_loop(), 0.0
+    first = True
+    try:
+        while tally.finish is None:
+            events = await job.next_events()
+            wait = last + interval_s - loop.time()
+            if wait > 0 and not events[-1].finish:
+                await asyncio.sleep(wait)
+                events += job.drain()
+            if first:  # the window the engine cut the prompt to
+                tally.dropped, first = events[0].rolled, False
+            pieces = []
             for ev in events:
-                job = self._jobs.get(ev.rid)
-                if job is None:
-                    continue
-                if not job.admitted:
-                    self._count_admitted(job)
-                by_loop.setdefault(job.loop, []).append((job, ev))
-                if ev.finish:
-                    del self._jobs[ev.rid]
-            for loop, batch in by_loop.items():
-                loop.call_soon_threadsafe(_deliver, batch)
-            for rid in in_batch:
-                job = self._jobs.get(rid)
-                if job is not None and not job.admitted:
-                    self._count_admitted(job)
+                if ev.token is not None:
+                    tally.tokens += 1
+                    pieces.append(text.push(ev.token))
+                tally.finish = ev.finish
+            if tally.finish:
+                pieces.append(text.flush())
+            if any(pieces):
+                yield "".join(pieces)
+                last = loop.time()
+    finally:
+        if tally.finish is None:
+            served.scheduler.cancel(job)
 
 
 def _sse(obj) -> bytes:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
 
+async def encode_whole(served: Served, job: Job, prep: Prepared, tally: Tally) -> Response:
+    """Phase 3 for `stream: false`: one JSON completion with its usage."""
+    kind = prep.parsed.kind
+    text = "".join([piece async for piece in collect(served, job, tally)])
+    if tally.finish == "error":
+        return _error(api.ApiError(500, FAILED))
+    return JSONResponse(api.completion(kind, api.new_id(kind), served.model_id, text, tally.finish, tally.usage()))
+
+
+async def encode_stream(served: Served, job: Job, prep: Prepared, tally: Tally) -> AsyncIterator[bytes]:
+    """Phase 3 for `stream: true`: OpenAI's chunks as server-sent events, then the usage chunk when asked for."""
+    kind, model_id = prep.parsed.kind, served.model_id
+    rid, created = api.new_id(kind), int(time.time())
+    try:
+        if kind == "chat":
+            yield _sse(api.chunk(kind, rid, model_id, created, "", None, first=True))
+        async for piece in collect(served, job, tally, STREAM_INTERVAL_S):
+            yield _sse(api.chunk(kind, rid, model_id, created, piece, None))
+        if tally.finish == "error":
+            yield _sse(api.ApiError(500, FAILED).body())
+        else:
+            yield _sse(api.chunk(kind, rid, model_id, created, None, tally.finish))
+            if prep.parsed.include_usage:
+                yield _sse(api.usage_chunk(kind, rid, model_id, created, tally.usage()))
+        yield b"data: [DONE]\n\n"
+    except Exception:  # a bug of ours mid-stream: the client gets an error event, the server goes on
+        LOG.exception("stream failed")
+        yield _sse(api.ApiError(500, FAILED).body())
+        yield b"data: [DONE]\n\n"
+    finally:
+        if tally.finish is None:  # the client went away: free its row now, not when this generator is collected
+            served.scheduler.cancel(job)
+
+
+def _error(e: api.ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+# ---------------------------------------------------------------------------------------------------------- routes
+
+async def completions(served: Served, request: HttpRequest, kind: str) -> Response:
+    try:
+        prep = parse(served, await read_body(request), kind)
+    except api.ApiError as e:
+        return _error(e)
+    params = prep.parsed.params
+    job = Job(Request(prep.prompt, params, prep.stops, prep.parsed.seed), asyncio.get_running_loop())
+    try:
+        served.scheduler.submit(job)
+    except QueueFull:
+        return _error(api.ApiError(503, "the server is at capacity (every batch row busy and the queue full); "
+                                        "retry in a moment", code="overloaded"))
+    tally = request.state.access["tally"] = Tally(len(prep.prompt))  # the access log reads its counts
+    if prep.parsed.stream:
+        return StreamingResponse(encode_stream(served, job, prep, tally), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return await encode_whole(served, job, prep, tally)
+
+
+class AccessLog:
+    """ASGI middleware: one line per request once its response has ended (a stream included): client, method, path,
+    status, prompt and completion tokens (completions), latency, and whether the client left before the end.
+    A completion handler leaves its `Tally` in `request.state.access`."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        record: dict = {}
+        scope.setdefault("state", {})["access"] = record
+        seen = {"status": None, "ended": False}
+        t0 = time.perf_counter()
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                seen["ended"] = True
+            await send(message)
+
+        failed = False
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            failed = True  # Starlette's outer layer answers 500 (our handler: OpenAI's shape) and logs it
+            raise
+        finally:
+            ACCESS.info(self.line(scope, seen, record.get("tally"), failed, time.perf_counter() - t0))
+
+    @staticmethod
+    def line(scope, seen: dict, tally: Tally | None, failed: bool, seconds: float) -> str:
+        client = scope.get("client")
+        status = 500 if failed else (seen["status"] or "-")
+        out = f"{client[0] if client else '-'} \"{scope['method']} {scope['path']}\" {status}"
+        if tally is not None:
+            out += f" prompt_tokens={tally.prompt_tokens} completion_tokens={tally.tokens}"
+            if tally.dropped:
+                out += f" prompt_tokens_dropped={tally.dropped}"
+        out += f" {seconds:.3f}s"
+        if not failed and not seen["ended"]:
+            out += " (client closed)"
+        return out
+
+
 def create_app(loaded: LoadedModel, max_batch: int = 16, queue_size: int = 64) -> Starlette:
     """The ASGI app; the engine thread starts with the app and stops with it."""
-    engine = loaded.engine(max_batch)
-    scheduler = Scheduler(engine, queue_size)
-    model_id = loaded.name
-    vocab = loaded.tokenizer.vocab_size
     page = resources.files("llm_core.inference").joinpath("static/index.html").read_text(encoding="utf-8")
-
-    def error(e: api.ApiError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
-
-    async def completions(request: HttpRequest, kind: str):
-        try:
-            body = api.parse_json(await request.body())
-            parsed = api.parse_request(body, kind, model_id, vocab)
-            if kind == "chat":
-                prompt = loaded.chat_prompt(parsed.messages)
-            else:
-                prompt = loaded.plain_prompt(parsed.prompt)
-        except api.ApiError as e:
-            return error(e)
-        stops = loaded.chat_stop_ids if kind == "chat" else loaded.stop_ids
-        job = _Job(Request(prompt, parsed.params, stops, parsed.seed), asyncio.get_running_loop())
-        try:
-            scheduler.submit(job)
-        except QueueFull:
-            return error(api.ApiError(503, "the server is at capacity (every batch row busy and the queue full); "
-                                           "retry in a moment", code="overloaded"))
-        rid, created = api.new_id(kind), int(time.time())
-        if parsed.stream:
-            return StreamingResponse(_stream(job, parsed, kind, rid, created, len(prompt)),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        text, count, finish = [], 0, None
-        stream = TextStream(loaded.tokenizer)
-        try:
-            while finish is None:
-                for ev in await job.next_events():
-                    if ev.token is not None:
-                        count += 1
-                        text.append(stream.push(ev.token))
-                    finish = ev.finish
-        except asyncio.CancelledError:
-            scheduler.cancel(job)
-            raise
-        if finish == "error":
-            return error(api.ApiError(500, "generation failed inside the server; see its log"))
-        text.append(stream.flush())
-        return JSONResponse(api.completion(kind, rid, model_id, "".join(text), finish,
-                                           api.usage(len(prompt), count)))
-
-    async def _stream(job: _Job, parsed: api.ParsedRequest, kind: str, rid: str, created: int, n_prompt: int):
-        stream = TextStream(loaded.tokenizer)
-        count, finish = 0, None
-        try:
-            if kind == "chat":
-                yield _sse(api.chunk(kind, rid, model_id, created, "", None, first=True))
-            loop, last = asyncio.get_running_loop(), 0.0
-            while finish is None:
-                pieces = []
-                events = await job.next_events()
-                wait = last + STREAM_INTERVAL_S - loop.time()
-                if wait > 0 and not events[-1].finish:
-                    await asyncio.sleep(wait)
-                    events += job.drain()
-                for ev in events:
-                    if ev.token is not None:
-                        count += 1
-                        pieces.append(stream.push(ev.token))
-                    finish = ev.finish
-                if finish:
-                    pieces.append(stream.flush())
-                if any(pieces):
-                    yield _sse(api.chunk(kind, rid, model_id, created, "".join(pieces), None))
-                    last = loop.time()
-            if finish == "error":
-                yield _sse(api.ApiError(500, "generation failed inside the server; see its log").body())
-            else:
-                yield _sse(api.chunk(kind, rid, model_id, created, None, finish))
-                if parsed.include_usage:
-                    yield _sse(api.usage_chunk(kind, rid, model_id, created, api.usage(n_prompt, count)))
-            yield b"data: [DONE]\n\n"
-        except Exception:  # a bug of ours mid-stream: the client gets an error event, the server goes on
-            logging.getLogger("llm_core.serve").exception("stream failed")
-            yield _sse(api.ApiError(500, "generation failed inside the server; see its log").body())
-            yield b"data: [DONE]\n\n"
-        finally:
-            if finish is None:  # the client went away: free its batch row
-                scheduler.cancel(job)
+    # the page's sliders stop where the API does
+    page = (page.replace("%MAX_TOKENS%", str(api.MAX_TOKENS))
+            .replace("%MAX_TOP_K%", str(min(api.MAX_TOP_K, loaded.tokenizer.vocab_size))))
+    icon = resources.files("llm_core.inference").joinpath("static/favicon.ico").read_bytes()
+    served = Served(loaded, Scheduler(loaded.engine(max_batch), queue_size), max_batch, queue_size, page)
 
     async def chat_completions(request):
-        return await completions(request, "chat")
+        return await completions(served, request, "chat")
 
     async def text_completions(request):
-        return await completions(request, "completion")
+        return await completions(served, request, "completion")
 
     async def models(request):
         return JSONResponse({"object": "list", "data": [
-            {"id": model_id, "object": "model", "created": 0, "owned_by": "llm-core",
-             "max_seq_len": loaded.model.cfg.max_seq_len}]})
+            {"id": served.model_id, "object": "model", "created": 0, "owned_by": "llm-core",
+             "max_seq_len": loaded.context, "chat": loaded.chat}]})
 
     async def health(request):
-        return JSONResponse({"status": "ok", "model": model_id, "active": scheduler.active,
-                             "waiting": scheduler.waiting, "max_batch": max_batch, "queue_size": queue_size})
+        s = served.scheduler
+        return JSONResponse({"status": "ok", "model": served.model_id, "active": s.active, "waiting": s.waiting,
+                             "max_batch": max_batch, "queue_size": queue_size})
 
     async def index(request):
-        return HTMLResponse(page)
+        return HTMLResponse(served.page)
 
-    async def not_found(request, exc):
-        return error(api.ApiError(404, f"no route {request.method} {request.url.path}; see /v1/models, "
-                                       "/v1/chat/completions, /v1/completions, /health"))
+    async def favicon(request):
+        return Response(icon, media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
 
-    async def bad_method(request, exc):
-        return error(api.ApiError(405, f"{request.method} is not allowed on {request.url.path}"))
+    async def http_error(request, exc: HTTPException):
+        if exc.status_code == 404:
+            message = (f"no route {request.method} {request.url.path}; see /v1/models, /v1/chat/completions, "
+                       "/v1/completions, /health")
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return _error(api.ApiError(exc.status_code, message))
+
+    async def server_error(request, exc: Exception):  # a bug of ours; the server logs its traceback
+        return _error(api.ApiError(500, "the server failed on this request; see its log"))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        scheduler.start()
+        served.scheduler.start()
         yield
-        scheduler.close()
+        served.scheduler.close()
 
     app = Starlette(
         routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"]),
                 Route("/v1/completions", text_completions, methods=["POST"]),
                 Route("/v1/models", models, methods=["GET"]),
                 Route("/health", health, methods=["GET"]),
-                Route("/", index, methods=["GET"])],
-        exception_handlers={404: not_found, 405: bad_method},
+                Route("/", index, methods=["GET"]),
+                Route("/favicon.ico", favicon, methods=["GET"])],
+        middleware=[Middleware(AccessLog)],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
-    app.state.scheduler = scheduler
+    app.state.scheduler = served.scheduler
     return app
+
+
+# ---------------------------------------------------------------------------------------------------------- command
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, or a UserError saying why not: checked before the model loads and before the
+    banner, so a busy port is one short error, not a banner followed by a crash."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT after a restart is free
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {host} is already in use (another llm-serve, or another server); "
+                            f"stop that one or pass another port, e.g. --port {port + 1}") from None
+        if e.errno == errno.EACCES:
+            raise UserError(f"port {port} needs more privileges than this user has (ports below 1024 do); "
+                            "pass --port 8000") from None
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass --host 127.0.0.1 (this "
+                        "machine) or --host 0.0.0.0 (every interface)") from None
+    return sock
+
+
+def configure_logging(level: str) -> None:
+    """Access lines on stdout (one per request, the record of what was served), everything else on stderr."""
+    lvl = getattr(logging, level.upper())
+    logging.basicConfig(stream=sys.stderr, level=lvl, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    access = logging.StreamHandler(sys.stdout)
+    access.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    ACCESS.addHandler(access)
+    ACCESS.propagate = False
+    ACCESS.setLevel(lvl)
+    # uvicorn's own start-up lines repeat the banner: shown at debug only
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).setLevel(lvl if lvl <= logging.DEBUG else max(lvl, logging.WARNING))
 
 
 def main(argv: list[str] | None = None) -> None:
     def run() -> None:
         ap = argparse.ArgumentParser(prog="llm-serve", description="OpenAI-compatible server and chat page for "
                                                                     "a trained model")
-        ap.add_argument("--model", default="models/sft", help="model folder (default: models/sft)")
-        ap.add_argument("--tokenizer", default=None, help="tokenizer folder (default: models/tokenizer beside it)")
-        ap.add_argument("--host", default="127.0.0.1")
-        ap.add_argument("--port", type=int, default=8000)
+        ap.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder (default: {DEFAULT_MODEL}); also a "
+                        "checkpoint, e.g. models/sft/best")
+        ap.add_argument("--tokenizer", default=None,
+                        help="tokenizer folder (default: the model's own, else a tokenizer/ folder beside or above it)")
+        ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+        ap.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free one)")
         ap.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most")
         ap.add_argument("--queue", type=int, default=64, help="requests waiting for a row at most (then 503)")
         ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
         ap.add_argument("--threads", type=int, default=0, help="CPU threads for the model (default: PyTorch's)")
+        ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="info: one access line per request on stdout (default); warning: errors only")
         args = ap.parse_args(argv)
         if args.max_batch < 1 or args.queue < 0:
-            raise ValueError("--max-batch must be >= 1 and --queue >= 0")
+            raise ValueError(f"--max-batch must be >= 1 and --queue >= 0 (got {args.max_batch} and {args.queue}); "
+                             "pass e.g. --max-batch 16 --queue 64")
+        if not 0 <= args.port <= 65535:
+            raise ValueError(f"--port must be between 0 and 65535 (got {args.port}); pass e.g. --port 8000")
+        model_dir = find_model(args.model, DEFAULT_MODEL)
+        sock = listen(args.host, args.port)
         import torch
         import uvicorn
 
         if args.threads > 0:
             torch.set_num_threads(args.threads)
-
-        loaded = load(args.model, args.tokenizer, args.device)
+        configure_logging(args.log_level)
+        loaded = load(model_dir, args.tokenizer, args.device)
         app = create_app(loaded, args.max_batch, args.queue)
-        print(f"llm-serve: {loaded.name} on http://{args.host}:{args.port}/ (chat page) and "
-              f"http://{args.host}:{args.port}/v1 (OpenAI API)", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        host, port = args.host, sock.getsockname()[1]
+        kind = "chat" if loaded.chat else "base (plain continuation: use /v1/completions)"
+        print(f"llm-serve: {loaded.name} ({kind} model) on http://{host}:{port}/ (chat page) and "
+              f"http://{host}:{port}/v1 (OpenAI API); Ctrl-C stops", flush=True)
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+        uvicorn.Server(config).run(sockets=[sock])
 
     cli.run("llm-serve", run)
 

@@ -1,5 +1,6 @@
-"""A model folder: `model.safetensors` + `config.json`. The one format for final models and checkpoint weights;
-no pickle is ever read from it."""
+"""A model folder: `model.safetensors` + `config.json`, and `model_info.json` when training wrote it (what the weights
+were trained for: `{"chat": true}` after SFT, so `llm-chat` knows whether to use the chat template). The one format
+for final models and checkpoint weights; no pickle is ever read from it."""
 
 from __future__ import annotations
 
@@ -12,20 +13,36 @@ import safetensors.torch
 import torch
 
 from llm_core.config import ModelConfig
-from llm_core.files import file_sha256, write_json
+from llm_core.files import file_sha256, umask_mode, write_json
 from llm_core.model.transformer import Transformer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+INFO = "model_info.json"
 
 
-def write_weights(directory: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> None:
-    """model.safetensors + config.json from a full state dict (a tied head is stored once, as tok_emb.weight)."""
+def write_weights(directory: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor],
+                  info: dict | None = None) -> None:
+    """model.safetensors + config.json from a full state dict (a tied head is stored once, as tok_emb.weight), and
+    model_info.json when `info` is given."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()
                if not (cfg.tie_embeddings and k == "lm_head.weight")}
     safetensors.torch.save_file(tensors, str(directory / WEIGHTS))
+    umask_mode(directory / WEIGHTS)  # save_file makes the file 0600 whatever the umask
     write_json(directory / CONFIG, cfg.to_dict())
+    if info is not None:
+        write_json(directory / INFO, info)
+
+
+def read_info(directory: str | Path) -> dict:
+    """What model_info.json says ({} for a folder written without one, or an unreadable one: it is advice, never
+    needed to load the weights)."""
+    try:
+        info = json.loads((Path(directory) / INFO).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def write_model(directory: Path, model: Transformer) -> None:

@@ -3,6 +3,7 @@
 A checkpoint is `checkpoints/step_XXXXXXX/` holding
     model.safetensors   weights (tied tensors stored once)
     config.json         the resolved model config
+    model_info.json     what the weights are trained for (`chat`), as in the final model
     train_state.pt      optimizer states keyed by parameter name, RNG states and the fp16 loss scaler's state
                         (tensors and plain containers only: loads with weights_only)
     state.json          step, tokens, run fingerprint, loader position, metrics so far
@@ -31,11 +32,13 @@ PREFIX = "step_"
 FAULT_ENV = "LLM_CORE_FAULT"
 
 
-def save_final(directory: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor], extra: dict | None = None) -> None:
-    """The stage's output model (weights + config) next to its checkpoints, replaced atomically file by file."""
+def save_final(directory: Path, cfg: ModelConfig, weights: dict[str, torch.Tensor], extra: dict | None = None,
+               info: dict | None = None) -> None:
+    """The stage's output model (weights + config, `info` as model_info.json) next to its checkpoints, replaced
+    atomically file by file."""
     tmp = directory / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    write_weights(tmp, cfg, weights)
+    write_weights(tmp, cfg, weights, info)
     if extra:
         write_json(tmp / "train_info.json", extra)
     for f in tmp.iterdir():
@@ -51,13 +54,14 @@ def fault_point(name: str, step: int) -> None:
 
 
 def save_checkpoint(root: Path, step: int, cfg: ModelConfig, weights: dict[str, torch.Tensor],
-                    optimizer_states: list[dict], state: dict, keep: int, scaler: dict | None = None) -> Path:
+                    optimizer_states: list[dict], state: dict, keep: int, scaler: dict | None = None,
+                    info: dict | None = None) -> Path:
     """Write checkpoints/step_XXXXXXX atomically (full, unsharded state) and drop all but the newest `keep`."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:07d}"
     tmp = root / f".tmp-{PREFIX}{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    write_weights(tmp, cfg, weights)
+    write_weights(tmp, cfg, weights, info)
     fault_point("in_checkpoint", step)
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():

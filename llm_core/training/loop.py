@@ -33,16 +33,29 @@ from llm_core.model.io import load_model, weights_hash, write_weights
 from llm_core.model.transformer import Transformer
 from llm_core.training import checkpoint, optim
 from llm_core.training.recompute import apply_activation_checkpointing
-from llm_core.training.tracking import Throughput, Tracker, peak_flops
+from llm_core.training.tracking import Throughput, Tracker, device_info, peak_flops
 
 EPOCH_WARNING = 4.0  # planned passes over the training split past which overfitting is likely
 # bookkeeping of a run: kept in the model folder's train_info.json, left out of the metrics people compare
 COUNTERS = ("steps", "tokens", "skipped_steps", "final")
+# a run's result["runtime"]: throughput, wall time by phase, date and device. They differ from run to run, so they
+# go to the stage's run-info file only, never into a file DVC hashes (models/, metrics): dvc.lock stays a pure
+# function of code, params and data, and a reproduction is read off it
+RUNTIME = "runtime"
+
+
+def epoch_warning(desc: str, epochs: float, keeps_best: bool) -> str | None:
+    """What a run that repeats its data too often is told (by the stage, and before it by the dry run)."""
+    if epochs <= EPOCH_WARNING:
+        return None
+    return (f"{desc}: warning: the run repeats its training data {epochs:.1f} times; expect overfitting. "
+            f"Add data or lower {desc}.steps" + (f"; the best-by-validation weights are kept ({desc}.final: best)"
+                                                 if keeps_best else ""))
 
 
 def compared(result: dict) -> dict:
     """The figures of a run's result that belong in its metrics file."""
-    return {k: v for k, v in result.items() if k not in COUNTERS}
+    return {k: v for k, v in result.items() if k not in COUNTERS and k != RUNTIME}
 
 
 class NonFiniteError(UserError, RuntimeError):
@@ -77,6 +90,7 @@ class Job:
     hellaswag_every: int = 0
     tokenizer: object = None
     bos_id: int | None = None  # rows are packed documents, each opened by this token (the document mask's bounds)
+    chat: bool = False  # rows are chats in the template: every model folder written says so (llm-chat reads it)
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -103,6 +117,7 @@ class Trainer:
         self.amp_dtype = resolve_precision(cfg, self.device)
         self.ckpt_root = job.out_dir / "checkpoints"
         self.best_dir = job.out_dir / "best"
+        self.model_info = {"chat": job.chat, "stage": job.desc}  # model_info.json of every folder this run writes
         # what decides the trajectory: a checkpoint of another config / data / start / rank count is never continued
         init_hash = weights_hash(job.init_from) if job.init_from is not None else ""
         trajectory = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "peak_flops")}
@@ -146,8 +161,9 @@ class Trainer:
             self.step_model = torch.compile(self.step_model)
         self.autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                          else contextlib.nullcontext())
+        # a validation set of whole rows over all ranks (cfg.eval_rows()): its figures do not depend on the rank count
         self.val_loader = (Loader(job.val_rows, cfg.batch_size, ctx.rank, ctx.world, shuffle=False)
-                           if job.val_rows is not None and len(job.val_rows) >= cfg.batch_size * ctx.world else None)
+                           if job.val_rows is not None and len(job.val_rows) > 0 else None)
         self.token_bytes = (torch.tensor(job.token_bytes, device=self.device) if job.token_bytes is not None
                             else None)
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * self.accum * ctx.world
@@ -187,11 +203,9 @@ class Trainer:
         print(f"{desc}: {self.num_params:,} parameters, {cfg.steps} steps x {self.tokens_per_step:,} tokens = "
               f"{cfg.steps * self.tokens_per_step:,} tokens, {epochs:.2f} epochs of the training split "
               f"({len(self.job.train_rows):,} rows of {cfg.seq_len})", flush=True)
-        if epochs > EPOCH_WARNING:
-            print(f"{desc}: warning: the run repeats its training data {epochs:.1f} times; expect overfitting. "
-                  f"Add data or lower {desc}.steps" + ("; the best-by-validation weights are kept "
-                                                       f"({desc}.final: best)" if self.final == "best" else ""),
-                  flush=True)
+        warning = epoch_warning(desc, epochs, self.final == "best")
+        if warning:
+            print(warning, flush=True)
         if resumed:
             print(f"{desc}: resuming from step {self.state['step']} of {cfg.steps}", flush=True)
 
@@ -263,7 +277,8 @@ class Trainer:
             raise NonFiniteError(
                 f"{self.job.desc}: non-finite loss or grad norm at step {step}; stopped. The last good checkpoint is "
                 f"kept in {self.ckpt_root}. Lower {self.job.desc}.lr, raise warmup, or set "
-                f"{self.job.desc}.on_nonfinite: skip")
+                f"{self.job.desc}.on_nonfinite: skip (`dvc checkout {self.job.out_dir}` brings back the folder of the "
+                "last recorded run)")
         else:
             state["skipped_steps"] += 1
             if self.scaler.is_enabled():
@@ -290,7 +305,7 @@ class Trainer:
         self.step_model.eval()
         metrics = TokenMetrics(self.device, self.token_bytes)
         with torch.no_grad(), self.autocast:
-            for x, y in self.val_loader.eval_batches(self.cfg.eval_batches):
+            for x, y in self.val_loader.eval_batches(self.cfg.eval_rows()):
                 x, y = x.to(self.device), y.to(self.device)
                 metrics.add(self.step_model(x, docs=self.docs(x)), y)
         distributed.all_reduce_sum(metrics.sums, self.ctx)
@@ -318,7 +333,7 @@ class Trainer:
         if self.ctx.is_main:
             tmp = self.job.out_dir / ".best.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            write_weights(tmp, self.model_cfg, weights)
+            write_weights(tmp, self.model_cfg, weights, self.model_info)
             write_json(tmp / "best.json", self.state["best"])
             shutil.rmtree(self.best_dir, ignore_errors=True)
             tmp.rename(self.best_dir)
@@ -332,7 +347,8 @@ class Trainer:
         if self.ctx.is_main:
             checkpoint.save_checkpoint(self.ckpt_root, step, self.model_cfg, weights, optim_states, self.state,
                                        self.cfg.keep_checkpoints,
-                                       scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None)
+                                       scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                                       info=self.model_info)
         distributed.barrier(self.ctx)
         checkpoint.fault_point("after_checkpoint", step)
 
@@ -353,19 +369,23 @@ class Trainer:
                 if self.load_window is not None:
                     self.last_load = expert_load_metrics(self.load_window, self.moe_layers)
                     self.load_window = None
-                last_val = self.evaluate()
+                with self.meter.phase("val"):
+                    last_val = self.evaluate()
                 metrics.update(last_val)
-                self.update_best(last_val)
+                with self.meter.phase("checkpoint"):
+                    self.update_best(last_val)
             if self.job.hellaswag and self.job.hellaswag_every and (step % self.job.hellaswag_every == 0
                                                                      or step == cfg.steps):
-                metrics.update(self.evaluate_hellaswag())
+                with self.meter.phase("hellaswag"):
+                    metrics.update(self.evaluate_hellaswag())
             self.tracker.log(step, metrics)
             self.tracker.progress(1, loss=last_train_loss, lr=metrics["train/lr"])
             patience = cfg.early_stop_patience
             stopped_early = bool(patience and state["evals_since_best"] >= patience and step < cfg.steps)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopped_early:
                 state["stopped_early"] = stopped_early  # an early-stopped run is finished: never resumed
-                self.save(step)
+                with self.meter.phase("checkpoint"):
+                    self.save(step)
             if stopped_early:
                 if self.ctx.is_main:
                     print(f"{self.job.desc}: stopping early at step {step}: validation loss has not improved for "
@@ -390,20 +410,24 @@ class Trainer:
             result["best_step"] = best["step"]
         # expert balance over the last validation interval: max / mean tokens per expert, per MoE layer and averaged
         result.update({k.replace("moe/", "moe_"): v for k, v in self.last_load.items()})
-        if elapsed > 0 and state["tokens"] > self.start_tokens:
-            result["tokens_per_sec"] = (state["tokens"] - self.start_tokens) / elapsed  # this process's work only
+        phases = {f"{k}_seconds": v for k, v in sorted(self.meter.phase_seconds.items())}
+        runtime = {"train_seconds": elapsed - sum(phases.values()), **phases,
+                   **device_info(self.device, ctx.world)}
+        if runtime["train_seconds"] > 0 and state["tokens"] > self.start_tokens:
+            # the training steps' time only: validation, probe and checkpoint time are reported apart above
+            runtime["tokens_per_sec"] = (state["tokens"] - self.start_tokens) / runtime["train_seconds"]
             if self.peak:
-                result["mfu"] = (self.model_cfg.flops_per_token(self.cfg.seq_len) * result["tokens_per_sec"]
-                                 / (self.peak * ctx.world))
+                runtime["mfu"] = (self.model_cfg.flops_per_token(self.cfg.seq_len) * runtime["tokens_per_sec"]
+                                  / (self.peak * ctx.world))
         # the best weights are already on disk; gathering the live ones (a collective under FSDP) is for `last` only
         weights = None if use_best else distributed.model_state(self.model, ctx)
         if ctx.is_main:
             if use_best:
                 weights = load_model(self.best_dir).state_dict()
-            checkpoint.save_final(self.job.out_dir, self.model_cfg, weights, result)
+            checkpoint.save_final(self.job.out_dir, self.model_cfg, weights, result, self.model_info)
         self.tracker.close()
         distributed.barrier(ctx)
-        return result
+        return {**result, RUNTIME: runtime}
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, parallel: ParallelConfig, job: Job) -> dict:

@@ -2,7 +2,8 @@
 
     arguments -> params -> relaunch under torchrun when params ask for workers -> tokenizer + shard manifest
     -> build the run (the stage's own part: rows, starting weights, model config) -> dry run? print the plan, exit 3
-    -> train (the one loop) -> rank 0 writes the compared metrics (+ the stage's extras) -> teardown
+    -> train (the one loop) -> rank 0 writes the compared metrics (+ the stage's extras) and the run-info file
+    -> teardown
 
 A stage passes only what differs: its name and module, extra arguments, a `build` function and optional extra
 metrics. The outputs (model folder, curves, metrics file) default to the dvc.yaml paths of a stage of that name.
@@ -21,9 +22,9 @@ from llm_core.config import ModelConfig, Params, TrainConfig, load_params
 from llm_core.data import shards
 from llm_core.data.loader import Rows
 from llm_core.data.tokenizer import Tokenizer
-from llm_core.files import write_metrics
+from llm_core.files import write_metrics, write_run_info
 from llm_core.training import plan
-from llm_core.training.loop import Job, compared, train
+from llm_core.training.loop import RUNTIME, Job, compared, train
 
 
 def arguments(name: str, description: str | None) -> argparse.ArgumentParser:
@@ -34,6 +35,8 @@ def arguments(name: str, description: str | None) -> argparse.ArgumentParser:
     ap.add_argument("--out", default=f"models/{name}", help="the model folder (checkpoints/, best/, final weights)")
     ap.add_argument("--live", default=f"dvclive/{name}", help="dvclive folder for the curves")
     ap.add_argument("--metrics", default=f"metrics/{name}.json")
+    ap.add_argument("--runtime", default=f"metrics/runtime/{name}.json",
+                    help="run-info file: throughput, time by phase, date (volatile: never hashed by DVC)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan, memory and time estimates; write nothing")
     return ap
 
@@ -71,7 +74,7 @@ def run(name: str, module: str, args: argparse.Namespace, build: Build, extra_me
     inputs = Inputs(name, args, params, tok, shards.load_manifest(args.tokens, tok))
     model_cfg, cfg, job = build(inputs)
     if plan.requested(args.dry_run):
-        print(plan.report(model_cfg, cfg, params.parallel, job, name))
+        plan.dry_run(model_cfg, cfg, params.parallel, job, name)
         sys.exit(plan.EXIT_STATUS)
     result = train(model_cfg, cfg, params.parallel, job)
 
@@ -80,5 +83,7 @@ def run(name: str, module: str, args: argparse.Namespace, build: Build, extra_me
         if extra_metrics is not None:
             metrics.update(extra_metrics(inputs, job, metrics))
         write_metrics(args.metrics, metrics)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        write_run_info(args.runtime, result[RUNTIME])
+        for shown in (metrics, result[RUNTIME]):
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items()})
     distributed.teardown()

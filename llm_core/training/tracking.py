@@ -1,11 +1,15 @@
-"""Logging: dvclive curves and a progress bar on rank 0, throughput and MFU.
+"""Logging: dvclive curves and a progress bar on rank 0, throughput and MFU, and the run's wall time by phase.
 
 Only rank 0 writes (every other rank gets a tracker that does nothing), so curves and metrics are never
-interleaved or duplicated across processes.
+interleaved or duplicated across processes. Throughput counts training time only: validation, the HellaSwag probe
+and checkpoint writes are timed apart (`Throughput.phase`), so `train/tokens_per_sec` does not dip at every
+validation step and the run's figures say where the rest of the time went.
 """
 
 from __future__ import annotations
 
+import contextlib
+import platform
 import time
 from pathlib import Path
 
@@ -32,25 +36,45 @@ def peak_flops(device: torch.device, override: float = 0.0) -> float:
 
 
 class Throughput:
-    """Tokens/s and MFU over the steps since the last call (the first call measures from construction)."""
+    """Tokens/s and MFU over the steps since the last `read` (the first read measures from construction), with the
+    time spent inside `phase(...)` blocks left out and summed per phase in `phase_seconds`."""
 
     def __init__(self, flops_per_token: float, peak: float, world: int = 1):
         self.flops_per_token, self.peak, self.world = flops_per_token, peak, world
         self.t0 = time.perf_counter()
         self.tokens = 0
+        self.excluded = 0.0  # seconds of other phases since the last read
+        self.phase_seconds: dict[str, float] = {}
 
     def add(self, tokens: int) -> None:
         self.tokens += tokens
 
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Time a block that is not training (validation, checkpoints): out of the throughput, into phase_seconds."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t0
+            self.excluded += dt
+            self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + dt
+
     def read(self) -> dict:
         now = time.perf_counter()
-        dt = max(now - self.t0, 1e-9)
+        dt = max(now - self.t0 - self.excluded, 1e-9)
         tps = self.tokens / dt
         out = {"tokens_per_sec": tps}
         if self.peak:
             out["mfu"] = self.flops_per_token * tps / (self.peak * self.world)
-        self.t0, self.tokens = now, 0
+        self.t0, self.tokens, self.excluded = now, 0, 0.0
         return out
+
+
+def device_info(device: torch.device, processes: int) -> dict:
+    """Where a run happened: facts for the run-info file, never for a hashed output."""
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+            "processes": processes, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 class Tracker:

@@ -1,4 +1,5 @@
-"""The chat page in a real headless Chromium: type, watch the answer stream in, move sliders, send again, clear.
+"""The chat page in a real headless Chromium: type, watch the answer stream in, move sliders, send again, clear;
+and the same page 400 px wide (a phone): a wide enough input, every button on screen, the settings behind a button.
 
 Needs Debian's `chromium` (apt-get install -y chromium) and the `playwright` package (dev extra), which drives the
 system browser through `executable_path`; without them the test is skipped with that message.
@@ -79,6 +80,8 @@ def test_page_streams_answers_and_sends_slider_values(browser, served_models):
         assert bodies[-1]["temperature"] == 0 and bodies[-1]["stream"] is True
         assert streams[-1].count("data: ") >= 4 and streams[-1].rstrip().endswith("data: [DONE]")
 
+        assert not page.locator("#settings-toggle").is_visible()  # wide enough for the settings beside the chat
+        assert page.get_attribute("#max_tokens", "max") == "4096"  # as far as the API goes
         page.fill("#max_tokens", "3")  # move a slider, then send again: markup in a message stays text
         assert page.text_content("#max_tokens-value") == "3"
         page.fill("#input", "<img src=x onerror=\"window.hacked=1\"> and then?")
@@ -91,4 +94,34 @@ def test_page_streams_answers_and_sends_slider_values(browser, served_models):
 
         page.click("#clear")
         assert page.locator(".msg").count() == 0
+        page.close()
+
+
+def test_page_is_usable_400_px_wide(browser, served_models):
+    """A phone-sized window: the input keeps at least 200 px, every button is on screen, the settings open behind
+    a button, and a message gets its answer."""
+    with running(create_app(load(served_models / "sft", device="cpu"), max_batch=2)) as base:
+        page = browser.new_page(viewport={"width": 400, "height": 780})
+        page.goto(base + "/")
+        page.wait_for_function("document.getElementById('status').textContent === 'model: sft'")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 400  # nothing sticks out sideways
+        assert page.locator("#input").bounding_box()["width"] >= 200
+        for button in ("#send", "#stop", "#clear", "#settings-toggle"):
+            box = page.locator(button).bounding_box()
+            assert page.locator(button).is_visible() and box is not None, button
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 400 and box["y"] + box["height"] <= 780, (button, box)
+            assert box["width"] >= 40 and box["height"] >= 24, (button, box)  # big enough to hit
+        assert not page.locator("#max_tokens").is_visible()  # folded away until asked for
+        page.click("#settings-toggle")
+        assert page.locator("#max_tokens").is_visible()
+        assert page.get_attribute("#max_tokens", "max") == "4096"
+        page.fill("#max_tokens", "4")
+        page.click("#settings-toggle")
+        page.fill("#input", "Tell me a story about a cat. " * 30)  # past the test model's 128-token context
+        page.click("#send")
+        _settle(page)
+        assert page.locator(".msg.assistant").count() == 1 and page.locator(".msg.error").count() == 0
+        note = page.locator(".msg.note").text_content()  # the page says what the model could not read
+        assert "more than the model's context of 128" in note and "tokens were dropped" in note
+        assert page.locator("#send").bounding_box()["y"] + page.locator("#send").bounding_box()["height"] <= 780
         page.close()

@@ -1,10 +1,16 @@
 """The OpenAI-compatible server, tested with real clients over 127.0.0.1: the official `openai` client, plain HTTP,
-32 concurrent streams, and every kind of bad request."""
+32 concurrent streams, every kind of bad request (bodies the JSON parser cannot take included), the access log,
+the favicon, a prompt longer than the context, and `llm-serve` itself on a busy port and on a free one."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import logging
+import re
+import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +18,7 @@ import pytest
 
 from llm_core.inference.loading import load
 from llm_core.inference.server import create_app
+from tests.helpers import ROOT, project_env
 from tests.serving import request, running, stream_events
 
 openai = pytest.importorskip("openai", reason="the openai client is in the dev extra: pip install -e '.[dev]'")
@@ -93,6 +100,7 @@ def test_32_concurrent_streams_are_complete_and_health_answers(server):
     ({"top_k": -3}, 400, "top_k"),
     ({"repetition_penalty": 0}, 400, "repetition_penalty"),
     ({"n": 3}, 400, "n"),
+    ({"n": 0}, 400, "n"),
     ({"stream": "yes"}, 400, "stream"),
     ({"model": "gpt-9"}, 404, "model"),
 ])
@@ -102,6 +110,19 @@ def test_bad_chat_requests_get_4xx_naming_the_field(server, body, status, param)
     got, reply = request(server, "POST", "/v1/chat/completions", full)
     assert got == status, reply
     assert reply["error"]["param"] == param and param.split("[")[0] in reply["error"]["message"]
+    assert reply["error"]["type"] == "invalid_request_error" and "between 1 and 1" not in reply["error"]["message"]
+
+
+def test_range_messages_read_clearly(server):
+    def message(body):
+        full = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **body}
+        return request(server, "POST", "/v1/chat/completions", full)[1]["error"]["message"]
+
+    assert message({"n": 2}).startswith("n must be 1: this server returns one choice per request (got 2)")
+    assert message({"top_p": 0}) == "top_p must be greater than 0 and at most 1 (got 0)"
+    assert message({"temperature": 2.5}) == "temperature must be between 0 and 2 (got 2.5)"
+    assert message({"max_tokens": 5000}) == "max_tokens must be between 1 and 4096 (got 5000)"
+    assert message({"temperature": 10 ** 400}).startswith("temperature must be between 0 and 2 (got 1000000")
 
 
 def test_malformed_bodies_and_routes_get_4xx_and_the_server_keeps_serving(server):
@@ -150,13 +171,18 @@ def test_full_queue_answers_503(served_models):
         assert request(base, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200
 
 
-def test_llm_serve_without_a_model_says_which_stage_to_run(tmp_path, capsys):
+def test_llm_serve_without_a_model_names_the_folder(tmp_path, monkeypatch, capsys):
     from llm_core.inference.server import main
 
-    with pytest.raises(SystemExit) as exit_:
-        main(["--model", str(tmp_path / "sft")])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "llm-serve: error: no model in" in err and "dvc repro sft" in err
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    for args, says in ((["--model", "models/sfft"], "no model folder models/sfft (--model models/sfft)"),
+                       ([], "no model in models/sft yet (the default --model)")):
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and f"llm-serve: error: {says}" in err and "Traceback" not in err
+        assert ("dvc repro sft" in err) == (args == [])  # only the default folder is a stage's output
 
 
 def test_a_failing_decode_step_fails_its_requests_and_the_server_goes_on(served_models):
@@ -176,3 +202,135 @@ def test_a_failing_decode_step_fails_its_requests_and_the_server_goes_on(served_
         assert status == 500 and "generation failed" in reply["error"]["message"]
         status, reply = request(base, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 3})
         assert status == 200 and reply["usage"]["completion_tokens"] <= 3
+
+
+def test_bodies_the_parser_cannot_take_get_4xx_in_openais_shape(server):
+    for raw, status, says in ((b"[" * 50_000 + b"]" * 50_000, 400, "nested too deeply"),
+                              (b'{"messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, "nested too deeply"),
+                              (b'{"prompt": "' + b"x" * (1 << 20) + b'"}', 413, "over 1048576 bytes")):
+        got, reply = request(server, "POST", "/v1/completions", raw=raw)
+        assert got == status and says in reply["error"]["message"], (got, reply)
+        assert set(reply["error"]) == {"message", "type", "param", "code"}
+        assert reply["error"]["type"] == "invalid_request_error"
+    assert request(server, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200
+
+
+def test_a_prompt_longer_than_the_context_is_reported_in_usage(server):
+    long_text = "Once upon a time there was a cat. " * 60  # far over the test model's 128-token context
+    status, reply = request(server, "POST", "/v1/completions", {"prompt": long_text, "max_tokens": 2})
+    use = reply["usage"]
+    assert status == 200 and use["prompt_tokens_dropped"] > 0
+    assert 0 < use["prompt_tokens"] - use["prompt_tokens_dropped"] < 128
+    events = stream_events(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": long_text}], "max_tokens": 2, "stream": True,
+        "stream_options": {"include_usage": True}})
+    assert events[-2]["usage"]["prompt_tokens_dropped"] > 0
+    short = request(server, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})[1]
+    assert short["usage"]["prompt_tokens_dropped"] == 0
+
+
+def test_favicon_and_the_pages_slider_bounds(server):
+    from llm_core.inference import api
+
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", "/favicon.ico")
+    resp = conn.getresponse()
+    icon = resp.read()
+    assert resp.status == 200 and resp.getheader("content-type") == "image/x-icon"
+    assert icon[:4] == b"\x00\x00\x01\x00" and icon[22:30] == b"\x89PNG\r\n\x1a\n"  # an ICO holding a PNG
+    status, page = request(server, "GET", "/")
+    assert status == 200 and '<link rel="icon" href="/favicon.ico">' in page and "%MAX_" not in page
+    assert f'id="max_tokens" type="range" min="1" max="{api.MAX_TOKENS}"' in page
+    assert 'id="top_k" type="range" min="0" max="512"' in page  # the test tokenizer's vocabulary, under 1000
+
+
+def test_one_access_log_line_per_request(server, caplog):
+    caplog.set_level(logging.INFO, logger="llm_core.serve.access")
+    request(server, "GET", "/health")
+    request(server, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                      "max_tokens": 3, "temperature": 0})
+    stream_events(server, "/v1/completions", {"prompt": "Once", "max_tokens": 4, "stream": True})
+    request(server, "POST", "/v1/chat/completions", {"messages": [], "max_tokens": 3})
+    deadline = time.monotonic() + 10
+    while len(caplog.records) < 4:  # a line is written once its response has ended
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        time.sleep(0.02)
+    lines = [r.getMessage() for r in caplog.records if r.name == "llm_core.serve.access"]
+    assert len(lines) == 4, lines
+    pattern = r'^127\.0\.0\.1 "(GET|POST) (/\S*)" (\d{3})( prompt_tokens=\d+ completion_tokens=(\d+))? \d+\.\d{3}s$'
+    parsed = [re.match(pattern, line) for line in lines]
+    assert all(parsed), lines
+    assert [(m[1], m[2], m[3]) for m in parsed] == [("GET", "/health", "200"),
+                                                   ("POST", "/v1/chat/completions", "200"),
+                                                   ("POST", "/v1/completions", "200"),
+                                                   ("POST", "/v1/chat/completions", "400")]
+    assert parsed[0][4] is None and parsed[3][4] is None  # tokens only where a completion ran
+    assert 1 <= int(parsed[1][5]) <= 3 and 1 <= int(parsed[2][5]) <= 4
+
+
+def test_a_bug_in_a_handler_gets_a_500_in_openais_shape(served_models, monkeypatch):
+    from llm_core.inference import server as server_module
+
+    app = create_app(load(served_models / "sft", device="cpu"), max_batch=1)
+
+    def broken(*args):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(server_module, "parse", broken)
+    logging.getLogger("uvicorn.error").disabled = True  # its traceback of the simulated bug is expected noise
+    try:
+        with running(app) as base:
+            status, reply = request(base, "POST", "/v1/completions", {"prompt": "hi"})
+            assert status == 500 and reply["error"]["type"] == "server_error"
+            assert request(base, "GET", "/health")[0] == 200
+    finally:
+        logging.getLogger("uvicorn.error").disabled = False
+
+
+def _serve(model, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "llm_core.inference.server", "--model", str(model), *args],
+                            cwd=ROOT, env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_llm_serve_checks_the_port_before_the_banner(served_models, capsys):
+    from llm_core.inference.server import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_:
+            main(["--model", str(served_models / "sft"), "--port", str(port)])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and out == "", out  # no banner
+    assert err.splitlines() == [
+        f"llm-serve: error: port {port} on 127.0.0.1 is already in use (another llm-serve, or another server)",
+        f"llm-serve: fix: stop that one or pass another port, e.g. --port {port + 1}",
+        "(LLM_CORE_DEBUG=1 shows the traceback)"], err
+
+
+def test_llm_serve_logs_one_line_per_request_on_stdout(served_models):
+    proc = _serve(served_models / "sft", "--port", "0")  # any free port: the banner names it
+    try:
+        banner = proc.stdout.readline()
+        found = re.search(r"on (http://127\.0\.0\.1:\d+)/ \(chat page\)", banner)
+        assert found and banner.startswith("llm-serve: sft (chat model)"), banner + proc.stderr.read()
+        base = found[1]
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                request(base, "GET", "/health", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "llm-serve did not start"
+                time.sleep(0.1)
+        request(base, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})
+        first, second = proc.stdout.readline(), proc.stdout.readline()
+        assert '"GET /health" 200' in first
+        assert re.search(r'"POST /v1/completions" 200 prompt_tokens=\d+ completion_tokens=\d \d+\.\d{3}s$',
+                         second.rstrip()), second
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "Traceback" not in proc.stderr.read()

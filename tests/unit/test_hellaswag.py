@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -81,3 +83,63 @@ def test_scores_equal_per_item_computation():
 def test_no_items_is_an_error():
     with pytest.raises(ValueError, match="no HellaSwag items"):
         hellaswag.score_items(Transformer(tiny_model_config()), [], Tok())
+
+
+def test_whitespace_ending_the_context_moves_into_the_continuation(tokenizer):
+    """lm-evaluation-harness's rule: "... her [step]" preprocesses to "... her ", and the space is scored with the
+    ending, not read as context."""
+    item = {"activity_label": "Sports", "ctx_a": "Walk for five minutes so that her [step]", "ctx_b": "",
+            "ctx": "Walk for five minutes so that her [step]", "endings": ["muscles are warm.", "bike is red."],
+            "label": 0, "source_id": "wikihow~1"}
+    context, endings = hellaswag.item_text(item)
+    assert context == "Sports: Walk for five minutes so that her "
+    ctx, cont = hellaswag.harness_request(context, " " + endings[0], tokenizer)
+    assert ctx[0] == tokenizer.bos_id and tokenizer.decode(ctx[1:]) == "Sports: Walk for five minutes so that her"
+    assert tokenizer.decode(cont) == "  muscles are warm."
+    # no trailing whitespace: the continuation is " " + ending, and the context keeps all its tokens
+    ctx, cont = hellaswag.harness_request("Lily had a", " cat.", tokenizer)
+    assert tokenizer.decode(ctx[1:]) == "Lily had a" and tokenizer.decode(cont) == " cat."
+
+
+def test_build_nanogpt_rows_are_raw_ctx_without_bos(tokenizer):
+    ctx, cont = hellaswag.nanogpt_request("A man [header] sits.", "stands  up", tokenizer)
+    assert ctx == tokenizer.encode("A man [header] sits.") and tokenizer.bos_id not in ctx
+    assert cont == tokenizer.encode(" stands  up")
+
+
+class Widths(torch.nn.Module):
+    """A uniform model that records how many tokens each forward pass reads."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg, self.widths = cfg, []
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        self.widths.append(x.shape[1])
+        return torch.zeros(*x.shape, self.cfg.vocab_size)
+
+
+def test_a_row_past_the_context_reads_the_full_window():
+    """The harness keeps the last max_seq_len + 1 tokens of context + ending: max_seq_len model inputs."""
+    cfg = tiny_model_config(vocab_size=16, max_seq_len=8)
+    model = Widths(cfg)
+    item = {"ctx": " ".join(["1"] * 20), "endings": ["2 3", "4"], "label": 0}
+    metrics, (rec,) = hellaswag.evaluate(model, [item], Tok(), batch_size=1)
+    assert max(model.widths) == 8  # never more, and not one fewer
+    assert rec["tokens"] == [2, 1] and rec["loglik"] == pytest.approx([-2 * math.log(16), -math.log(16)])
+
+
+def test_records_hold_what_each_pick_was_made_from():
+    model = Transformer(tiny_model_config(vocab_size=16)).eval()
+    items = [{"ctx": "1 2 3", "endings": ["4 5", "6", "7 8 9", "10"], "label": i % 4, "ind": 50 + i}
+             for i in range(5)]
+    metrics, records = hellaswag.evaluate(model, items, Tok(), batch_size=3)
+    assert [r["item"] for r in records] == list(range(5)) and [r["ind"] for r in records] == list(range(50, 55))
+    for rec in records:
+        assert rec["context"] == "1 2 3" and rec["endings"] == ["4 5", "6", "7 8 9", "10"]
+        assert rec["chars"] == [3, 1, 5, 2] and rec["tokens"] == [2, 1, 3, 1] == rec["tokens_nanogpt"]
+        assert rec["pick"] == hellaswag.picks(rec["loglik"], rec["chars"], rec["mean_loss_tokens"])
+        assert rec["pick"]["acc"] == max(range(4), key=lambda j: rec["loglik"][j])
+    for name in hellaswag.PICKS:
+        assert metrics[name] == pytest.approx(sum(r["pick"][name] == r["label"] for r in records) / 5)

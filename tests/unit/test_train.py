@@ -105,6 +105,22 @@ def test_global_batch_tokens_derives_grad_accum(tmp_path):
 
 def test_metrics_carry_mfu_with_a_given_peak(tmp_path):
     res = train(tiny_model_config(), cfg(steps=2, eval_every=100, peak_flops=1e12), ParallelConfig(), job(tmp_path))
-    assert res["tokens_per_sec"] > 0 and 0 < res["mfu"] < 1
+    assert res["runtime"]["tokens_per_sec"] > 0 and 0 < res["runtime"]["mfu"] < 1
     rows = list(csv.DictReader(open(tmp_path / "run_live/plots/metrics/train/mfu.tsv"), delimiter="\t"))
     assert len(rows) == 2
+
+
+def test_every_model_folder_says_whether_it_is_a_chat_model(tmp_path):
+    """The final model, best/ and each checkpoint carry model_info.json: llm-chat reads it to pick chat mode or
+    plain continuation, whichever of the run's folders it is pointed at."""
+    from llm_core.inference.loading import is_chat_model
+    from llm_core.model.io import read_info
+
+    c = cfg(steps=3, eval_every=3, checkpoint_every=3)
+    train(tiny_model_config(), c, ParallelConfig(), job(tmp_path, "chats", chat=True))
+    train(tiny_model_config(), c, ParallelConfig(), job(tmp_path, "text"))
+    for run, chat in (("chats", True), ("text", False)):
+        for folder in ("", "best", "checkpoints/step_0000003"):
+            path = tmp_path / run / folder
+            assert read_info(path) == {"chat": chat, "stage": "pretrain"}, path
+            assert is_chat_model(path) is chat
