@@ -16,7 +16,7 @@ _TRITON_TOO_EARLY = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET
 if CPU_INTERPRETER:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from llm_core.model.attention import BACKENDS, attention  # noqa: E402
+from llm_core.model.attention import BACKENDS, attention, naive_attention  # noqa: E402
 
 try:
     from llm_core.model.attention import flash  # noqa: E402
@@ -309,6 +309,30 @@ def test_flash_on_cpu_without_interpreter_explains_itself(monkeypatch):
 # --------------------------------------------------------------------------------------------
 # (5) real GPU: model-sized shapes, longer sequences, more repetitions
 # --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "rows", "heads"])
+@pytest.mark.parametrize("kv_heads,v_dim", [(2, 32), (1, 32), (4, 16)], ids=["gqa", "mqa", "v_dim_16"])
+@pytest.mark.parametrize("batch", [1, 16], ids=["sdpa", "bmm"])  # 4 or 64 (row, head) pairs
+def test_one_query_on_the_cpu_matches_the_definition(batch, kv_heads, v_dim, mask_kind):
+    # the decode step's paths on the CPU (SDPA for few (row, head) pairs, two bmm over batch x kv heads for many),
+    # keys read from a cache slice as the engine does: a (batch, kv, max_len, d) buffer cut to the filled length
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(batch, 4, 1, 32, generator=g)
+    k = torch.randn(batch, kv_heads, 64, 32, generator=g)[:, :, :40]
+    v = torch.randn(batch, kv_heads, 64, v_dim, generator=g)[:, :, :40]
+    lengths = torch.tensor([40, 7, 23, 1, 39, 12, 40, 2] * 2)[:batch]
+    mask = None
+    if mask_kind == "rows":  # ragged rows: each sees its own filled part
+        mask = (torch.arange(40) < lengths[:, None])[:, None, None]  # (batch, 1, 1, 40)
+    elif mask_kind == "heads":  # one mask per head
+        mask = torch.rand(batch, 4, 1, 40, generator=g) > 0.3
+        mask[..., 0] = True
+    got = attention(q, k, v, causal=True, backend="sdpa", mask=mask)
+    ref = naive_attention(q.double(), k.double(), v.double(), causal=True, mask=mask)
+    assert got.shape == (batch, 4, 1, v_dim) and _max_err(got, ref) <= 2e-6
+    bf16 = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True, mask=mask)
+    assert bf16.dtype == torch.bfloat16 and _max_err(bf16, ref) <= 0.03
 
 
 @pytest.mark.gpu
