@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["data.num_docs=120", "data.hellaswag.num_docs=8", "tokenizer.vocab_size=300", "tokenize.workers=1",
          "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1", "model.ffn_hidden=64",
          "pretrain.steps=2", "pretrain.batch_size=2", "pretrain.seq_len=32", "pretrain.eval_every=2",
-         "pretrain.eval_batches=1", "pretrain.warmup_steps=1", "eval.hellaswag_every=0"]
+         "pretrain.global_eval_tokens=64", "pretrain.warmup_steps=1", "eval.hellaswag_every=0"]
 METRICS = ("val_bpb", "bpb_gap_to_floor", "val_loss", "acc_norm", "acc", "best_step", "tokens_per_sec", "seconds")
 
 
@@ -85,7 +85,7 @@ def one_run(base: Path, folder: Path, params: dict) -> dict:
          "--runtime", "runtime.json"], folder, log)
     seconds = time.perf_counter() - t0
     run(["stages.eval_hellaswag", "--model", "models/pretrain", "--tokenizer", "models/tokenizer", "--items",
-         "data/raw/hellaswag", "--metrics", "hellaswag.json"], folder, log)
+         "data/raw/hellaswag", "--metrics", "hellaswag.json", "--records", "hellaswag_items.jsonl"], folder, log)
     out = json.loads((folder / "pretrain.json").read_text()) | json.loads((folder / "hellaswag.json").read_text())
     out["tokens_per_sec"] = json.loads((folder / "runtime.json").read_text()).get("tokens_per_sec")
     out["seconds"] = seconds

@@ -76,12 +76,14 @@ SMOKE: dict[str, tuple[list[str], Callable[[dict], None]]] = {
     "bench/tokenize_speed.py": (["--smoke"], positive("tokens", "ratio_vs_tiktoken", "ratio_vs_tokenizers")),
     "bench/tokenizer_train.py": (["--smoke"], positive("ratio_vs_raw_trainer", "ratio_vs_bytelevel_trainer")),
     # the CPU defaults, shrunk (its tiny shapes as bench/gpu_suite.py --tiny runs them)
+    "tools/make_favicon.py": (["--check"], lambda out: out["matches"] is True or pytest.fail(str(out))),
     "bench/train_step.py": (["--preset", "tiny", "--vocab", "512", "--batch-size", "2", "--seq-len", "32",
                              "--compile", "false", "--steps", "1", "--warmup", "0"], positive("ratio")),
 }
 # script -> the test that runs it (file::function); that file must name the script
 ELSEWHERE = {
-    "bench/gpu_suite.py": "tests/integration/test_gpu_suite.py::test_tiny_suite_runs_every_part_end_to_end",
+    "bench/gpu_suite.py":
+        "tests/integration/test_gpu_suite.py::test_tiny_suite_runs_every_part_end_to_end_without_the_dvc_stack",
     "tools/offline_plots_template.py":
         "tests/integration/test_plots_offline.py::test_template_is_the_generator_output",
 }
@@ -92,7 +94,7 @@ def test_script_runs_in_its_smoke_mode(script: str, tmp_path):
     if script in ELSEWHERE:
         path, _, func = ELSEWHERE[script].partition("::")
         text = (ROOT / path).read_text()
-        assert f"def {func}(" in text and script.split("/")[-1] in text, f"{ELSEWHERE[script]} does not run {script}"
+        assert f"def {func}(" in text and script.split("/")[-1].removesuffix(".py") in text, f"{ELSEWHERE[script]} does not run {script}"
         return
     assert script in SMOKE, (f"{script} has no smoke test: give it a --smoke mode (tiny inputs, seconds) and add it "
                              "to SMOKE in tests/integration/test_bench_smoke.py")
