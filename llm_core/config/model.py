@@ -27,6 +27,7 @@ NOT_PARAMS = ("vocab_size", "family", "qkv_bias", "out_bias", "mlp_bias", "rope_
 NOT_ARCHITECTURE = ("init", "init_path")
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 TRITON_HEAD_DIMS = (32, 64, 128)
+EXPERT_MULTIPLE = 64  # default expert_hidden rounds up to this
 CACHE_BYTES = 2  # KV-cache figures are for a bf16 cache, the dtype decoding runs in on GPUs
 
 
@@ -80,7 +81,7 @@ class ModelConfig(_Section):
     n_experts: int = 8  # moe: routed experts per layer
     top_k: int = 2  # moe: routed experts per token
     n_shared_experts: int = 1  # moe: experts every token goes through
-    expert_hidden: int | None = None  # moe: SwiGLU width of one expert (null = ffn_hidden / (top_k + shared))
+    expert_hidden: int | None = None  # moe: one expert's SwiGLU width (null = ffn_hidden / (top_k + shared), up to x64)
     score_func: str = "sigmoid"  # moe: router scores, sigmoid (DeepSeek-V3) | softmax
     first_dense_layers: int = 0  # moe: the first blocks keep a dense feed-forward
     bias_update_rate: float = 1e-3  # moe: step of the load-balancing bias per optimizer step (0 = off)
@@ -121,8 +122,11 @@ class ModelConfig(_Section):
             if values[key] is None:
                 values[key] = value
         if values["expert_hidden"] is None:
-            # the routed + shared experts a token goes through add up to the dense layer's width: same active size
-            values["expert_hidden"] = max(1, values["ffn_hidden"] // (values["top_k"] + values["n_shared_experts"]))
+            # the routed + shared experts a token goes through add up to the dense layer's width (same active size),
+            # rounded up to a multiple of 64: the grouped expert matmul on GPUs needs 16-byte row strides, and
+            # tensor cores want multiples of 64 (ffn_hidden // 3 alone gives 682 for 124m, 1365 for 774m)
+            values["expert_hidden"] = _round_up(
+                max(1, values["ffn_hidden"] // (values["top_k"] + values["n_shared_experts"])), EXPERT_MULTIPLE)
         values["vocab_size"] = vocab_size
         values["layers"] = [dataclasses.replace(entry) for entry in self.layers]
         cfg = ModelConfig(**values)

@@ -35,6 +35,7 @@ class SourceConfig(_Section):
     hf_path: str = ""  # hf: dataset name on the hub (or a local dataset folder)
     hf_name: str = ""  # hf: dataset config name
     hf_split: str = "train"  # hf: split to stream
+    hf_revision: str = ""  # hf: dataset revision (commit sha or tag) read and recorded; empty = the newest commit
     column: str = ""  # text column (pretrain: "text", sft: "messages"); empty = the dataset kind's default
     max_docs: int = 0  # stop after this many documents (0 = no limit)
     max_bytes: int = 0  # stop after this many UTF-8 bytes of text (0 = no limit)
@@ -66,12 +67,15 @@ class DataConfig(SourceConfig):
     seed: int = 1234  # seeds the built-in world and the train/val split
     val_fraction: float = 0.02  # share of documents held out for validation
     sft: SourceConfig = field(default_factory=lambda: SourceConfig(num_docs=4000))
-    hellaswag: SourceConfig = field(default_factory=lambda: SourceConfig(num_docs=500))
+    hellaswag: SourceConfig = field(default_factory=lambda: SourceConfig(num_docs=500, hf_split="validation"))
+    # the in-training HellaSwag curve's own items: evaluating on other items (`hellaswag`) never retrains
+    probe: SourceConfig = field(default_factory=lambda: SourceConfig(num_docs=100, hf_split="validation"))
 
     def validate(self, prefix: str = "data") -> None:
         super().validate(prefix)
         self.sft.validate(f"{prefix}.sft")
         self.hellaswag.validate(f"{prefix}.hellaswag")
+        self.probe.validate(f"{prefix}.probe")
         if not 0.0 < self.val_fraction < 0.5:
             raise ParamsError(f"params.yaml: data.val_fraction must be in (0, 0.5) (got {self.val_fraction})")
 
@@ -126,7 +130,8 @@ class TrainConfig(_Section):
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global grad norm (0 = off)
     eval_every: int = 100  # steps between validation passes
-    eval_batches: int = 8  # micro-batches per validation pass
+    global_eval_tokens: int = 32768  # validation tokens per pass over all ranks together (whole rows of seq_len),
+    # split across the ranks: the same rows, so the same val_loss, whatever the process count
     checkpoint_every: int = 200  # steps between checkpoints
     keep_checkpoints: int = 2  # newest complete checkpoints kept
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
@@ -140,6 +145,10 @@ class TrainConfig(_Section):
     activation_checkpointing: str = "none"  # recompute block activations in backward: none | full | every_k
     activation_checkpointing_k: int = 2  # every_k: recompute every k-th block (blocks 0, k, 2k, ...)
     doc_mask: bool = True  # packed rows: a token attends only to its own document (each <|bos|> opens one)
+
+    def eval_rows(self) -> int:
+        """Validation rows per pass over all ranks (before capping at the validation split's size)."""
+        return self.global_eval_tokens // self.seq_len
 
     def accum_steps(self, world: int, prefix: str) -> int:
         """Micro-batches per optimizer step on `world` ranks: `grad_accum`, or derived from `global_batch_tokens`."""
@@ -156,9 +165,11 @@ class TrainConfig(_Section):
 
     def validate(self, prefix: str) -> None:
         _at_least(f"{prefix}.steps", self.steps, 0 if prefix == "pretrain" else 1)  # 0: import only
-        for key in ("batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
-                    "checkpoint_every", "keep_checkpoints"):
+        for key in ("batch_size", "seq_len", "grad_accum", "eval_every", "checkpoint_every", "keep_checkpoints"):
             _at_least(f"{prefix}.{key}", getattr(self, key), 1)
+        if self.global_eval_tokens < self.seq_len:
+            raise ParamsError(f"params.yaml: {prefix}.global_eval_tokens must be at least one row of "
+                              f"{prefix}.seq_len = {self.seq_len} tokens (got {self.global_eval_tokens})")
         _at_least(f"{prefix}.warmup_steps", self.warmup_steps, 0)
         _choice(f"{prefix}.optimizer", self.optimizer, ("adamw", "muon"))
         _choice(f"{prefix}.schedule", self.schedule, ("cosine", "wsd", "constant"))
@@ -241,8 +252,7 @@ class EvalConfig(_Section):
     max_items: int = 0  # score at most this many items (0 = all)
     batch_size: int = 32  # items per forward pass
     chat_items: int = 200  # held-out chat questions scored by eval_chat
-    hellaswag_every: int = 0  # pretraining: score a HellaSwag subset every this many steps (0 = off)
-    hellaswag_items: int = 100  # size of that subset
+    hellaswag_every: int = 0  # pretraining: score the probe items (data.probe) every this many steps (0 = off)
     text: TextEvalConfig = field(default_factory=TextEvalConfig)  # eval_text's corpus
     harness_tasks: list[str] = field(default_factory=list)  # eval_harness: lm-evaluation-harness tasks ([] = off)
     harness_limit: int = 0  # eval_harness: at most this many items per task (0 = all)
@@ -254,7 +264,6 @@ class EvalConfig(_Section):
         _at_least("eval.batch_size", self.batch_size, 1)
         _at_least("eval.chat_items", self.chat_items, 1)
         _at_least("eval.hellaswag_every", self.hellaswag_every, 0)
-        _at_least("eval.hellaswag_items", self.hellaswag_items, 1)
         self.text.validate()
         for i, task in enumerate(self.harness_tasks):
             if not task.strip():

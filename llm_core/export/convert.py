@@ -18,7 +18,7 @@ import torch
 from llm_core.config import ModelConfig
 from llm_core.export import families
 from llm_core.export.deepseek import deepseek_config, deepseek_state_dict, is_deepseek
-from llm_core.files import write_json
+from llm_core.files import umask_mode, write_json
 from llm_core.model.transformer import Transformer
 
 _LAYER_NAMES = {
@@ -137,6 +137,7 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
         write_json(tmp / "config.json", hf)
         sd = {k: v.to(dtype) for k, v in to_hf_state_dict(model).items()}
         safetensors.torch.save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        umask_mode(tmp / "model.safetensors")  # save_file makes the file 0600 whatever the umask
         generation = {"bos_token_id": bos_id, "eos_token_id": eos_id}
         if eos_id is not None:
             # a chat turn ends at <|end|>; plain text ends where the next document's <|bos|> would start

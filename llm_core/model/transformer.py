@@ -11,6 +11,7 @@ Design choices, Llama-2 style by default:
 - tied input/output embeddings by default;
 - init: normal(model.init_std, 0.02 in every preset), residual output projections scaled by 1/sqrt(2 * n_layers)
   (GPT-2) so the residual stream's variance does not grow with depth;
+- buffers (RoPE tables, routing biases) stay fp32 when the weights are cast to bf16 for inference;
 - an optional KV cache for decoding: the model writes into it and attends over everything cached so far. A cache
   with per-row `lengths` is ragged: each row has its own position, writes at its own offset and attends only over
   its own filled part (batched decoding of sequences of different lengths, rows joining and leaving).
@@ -143,6 +144,9 @@ class Transformer(nn.Module):
         super().__init__()
         assert cfg.vocab_size > 0 and cfg.n_layers is not None, "pass a resolved ModelConfig"
         self.cfg = cfg
+        # forward reads plain attributes, never the config: torch.compile then traces it as one graph whatever
+        # hooks a config object carries (params tracing wraps its attribute reads)
+        self.max_seq_len = cfg.max_seq_len
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg.layer(i)) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -157,6 +161,19 @@ class Transformer(nn.Module):
             self.register_buffer(f"rope_cos_{dim}", cos, persistent=False)
             self.register_buffer(f"rope_sin_{dim}", sin, persistent=False)
         self.reset_parameters()
+
+    def _apply(self, fn, recurse=True):
+        # buffers stay fp32 whatever dtype the weights are cast to (bf16 inference): bf16 RoPE tables are off by up
+        # to 4e-3 (8 bits of mantissa), and the routers' balancing biases steer top-k choices by small margins
+        kept = {name: buf for name, buf in self.named_buffers() if buf.dtype == torch.float32}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            owner, _, leaf = name.rpartition(".")
+            module = self.get_submodule(owner)
+            new = module._buffers[leaf]
+            if new is not None and new.dtype != torch.float32 and new.is_floating_point():
+                module._buffers[leaf] = old.to(new.device)
+        return self
 
     def reset_parameters(self) -> None:
         # a config.json written before init_std existed has none: those models were initialised with the preset's
@@ -196,8 +213,8 @@ class Transformer(nn.Module):
         if cache is not None and cache.lengths is not None:
             return self._forward_ragged(idx, cache)
         start = cache.pos if cache is not None else 0
-        if start + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        if start + T > self.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.max_seq_len}")
         rope = {dim: (getattr(self, f"rope_cos_{dim}")[start:start + T],
                       getattr(self, f"rope_sin_{dim}")[start:start + T])
                 for dim in self.rope_dims}  # width -> (T, width) each
@@ -218,8 +235,8 @@ class Transformer(nn.Module):
             cache.lengths += T
             return logits
         end = max(lengths) + T
-        if end > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {end} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        if end > self.max_seq_len:
+            raise ValueError(f"sequence of {end} tokens exceeds model.max_seq_len={self.max_seq_len}")
         pos = cache.lengths[:, None] + torch.arange(T, device=idx.device)  # (B, T)
         rope = {dim: (getattr(self, f"rope_cos_{dim}")[pos][:, None], getattr(self, f"rope_sin_{dim}")[pos][:, None])
                 for dim in self.rope_dims}  # width -> (B, 1, T, width) each

@@ -34,7 +34,7 @@ TINY = tiny_params(
     tokenizer={"source": "hf"},
     model={"init": "hf", "n_layers": None, "d_model": None, "n_heads": None, "n_kv_heads": None, "ffn_hidden": None,
            "max_seq_len": None},  # model.init_path: the folder each test builds
-    pretrain={"steps": 2, "batch_size": 2, "seq_len": 64, "eval_every": 2, "eval_batches": 1, "compile": False,
+    pretrain={"steps": 2, "batch_size": 2, "seq_len": 64, "eval_every": 2, "global_eval_tokens": 128, "compile": False,
               "threads": 1},
     sft={"steps": 2, "seq_len": 512, "eval_every": 2, "compile": False, "threads": 1},
     eval={"chat_items": 8},
