@@ -28,9 +28,10 @@ test: install
 plots-template: install
 	$(BIN)/python tools/offline_plots_template.py
 
-# experiments side by side on the figures people compare (params and metrics that differ between them)
+# experiments side by side on the figures people compare (params and metrics that differ between them); the run-info
+# files' columns (throughput, seconds, date, device) differ in every run and are dropped
 exps: install
-	$(RUN) $(BIN)/dvc exp show --only-changed --drop 'Created|State|Executor|dvclive.*|models/.*|data/.*|.*tokens_per_sec|.*mfu|.*val_ppl|.*best_step' $(EXPS_ARGS)
+	$(RUN) $(BIN)/dvc exp show --only-changed --drop 'Created|State|Executor|dvclive.*|models/.*|data/.*|.*tokens_per_sec|.*mfu|.*val_ppl|.*best_step|metrics/runtime/.*|.*_seconds|date|device|processes|threads|torch' $(EXPS_ARGS)
 
 # talk to the trained model (after `make repro`): ARGS="--model models/pretrain", ARGS="--port 8080", ...
 chat: install

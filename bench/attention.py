@@ -12,11 +12,20 @@ at most twice SDPA's plus 1e-5, the rule of flash-attention's own tests.
 Without CUDA it runs a tiny fp32 config through Triton's interpreter so the command is proven
 end to end; those timings say nothing about GPU speed.
 
+`--tune` first picks the kernel's block sizes per head dim from the small candidate lists of
+`llm_core/model/attention/flash_config.py` (`TUNE_CANDIDATES`), at one sequence length (`--tune-seq`,
+4096): the forward's by forward time, then the dK/dV and the dQ kernels' by forward+backward time,
+one kernel at a time with the others at their best so far. A candidate that does not fit the GPU
+(shared memory) is recorded as failed. The winners' numerics are checked like the sweep's, and the
+JSON's `tuning` holds, per head dim, every candidate's time and the entries to put in `LAUNCH_CONFIGS`
+(the sweep itself always measures the table the model uses).
+
 The last line of output is a JSON object (per-config results, `ratio_fwd`, `ratio_fwd_bwd`, `numerics_ok`).
 Record GPU numbers in bench/RESULTS.md with date and hardware.
 
     python bench/attention.py                      # full sweep on a GPU, tiny on CPU
     python bench/attention.py --seq 2048 --head-dims 128 --dtype fp16
+    python bench/attention.py --head-dims 64 --tune        # block sizes for head dim 64, then the sweep
 """
 
 from __future__ import annotations
@@ -52,11 +61,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on CUDA, fp32 with --tiny")
     parser.add_argument("--tiny", action="store_true", help="seq 64/128, head_dim 32/64, fp32 (forced without CUDA)")
     parser.add_argument("--no-causal", dest="causal", action="store_false", help="full instead of causal attention")
+    parser.add_argument("--tune", action="store_true", help="time the block-size candidates of each kernel first")
+    parser.add_argument("--tune-seq", type=int, help="sequence length the tuning runs at (default 4096, tiny 64)")
     args = parser.parse_args(argv)
     args.tiny = args.tiny or not HAS_CUDA
     args.seq = args.seq or ([64, 128] if args.tiny else [1024, 2048, 4096, 8192])
     args.head_dims = args.head_dims or ([32, 64] if args.tiny else [64, 128])
     args.dtype = args.dtype or ("fp32" if args.tiny else "bf16")
+    args.tune_seq = args.tune_seq or (64 if args.tiny else 4096)
     return args
 
 
@@ -130,7 +142,7 @@ def _numerics(q, k, v, do, causal: bool) -> dict:
     return errs
 
 
-def _run_config(seq: int, head_dim: int, dtype: torch.dtype, causal: bool, tiny: bool) -> dict:
+def _inputs(seq: int, head_dim: int, dtype: torch.dtype, tiny: bool):
     batch, heads = _shape(seq, head_dim, tiny)
     device = "cuda" if HAS_CUDA else "cpu"
     gen = torch.Generator(device=device).manual_seed(0)
@@ -139,6 +151,49 @@ def _run_config(seq: int, head_dim: int, dtype: torch.dtype, causal: bool, tiny:
     )
     for x in (q, k, v):
         x.requires_grad_(True)
+    return batch, heads, q, k, v, do
+
+
+def _tune(head_dim: int, seq: int, dtype: torch.dtype, causal: bool, tiny: bool) -> dict:
+    """Greedy per-kernel choice among the candidates: fwd by forward time, then dkdv and dq by fwd+bwd time."""
+    from llm_core.model.attention import flash_config as fc
+
+    _, _, q, k, v, do = _inputs(seq, head_dim, dtype, tiny)
+    candidates = fc.TUNE_CANDIDATES_INTERPRETER if tiny else fc.TUNE_CANDIDATES[head_dim]
+    default = fc.launch_config(head_dim, q.element_size(), on_gpu=HAS_CUDA)
+
+    def fwd():
+        attention(q, k, v, causal=causal, backend="triton")
+
+    def fwd_bwd():
+        torch.autograd.grad(attention(q, k, v, causal=causal, backend="triton"), (q, k, v), do)
+
+    chosen, kernels = {}, {}
+    for kernel in fc.KERNELS:
+        rows = []
+        for cfg in candidates[kernel]:
+            with fc.launch_override({**chosen, kernel: cfg}):
+                try:
+                    rows.append({**cfg, "ms": _sig(_time_ms(fwd if kernel == "fwd" else fwd_bwd, tiny))})
+                except Exception as e:  # noqa: BLE001 - out of shared memory, a compile error: this candidate only
+                    rows.append({**cfg, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"})
+            print(f"  tune hd{head_dim} {kernel:<4} {cfg} -> {rows[-1].get('ms', rows[-1].get('error'))}", flush=True)
+        ok = [r for r in rows if "ms" in r]
+        if not ok:
+            raise RuntimeError(f"no {kernel} candidate ran for head dim {head_dim}: {rows}")
+        best = min(ok, key=lambda r: r["ms"])
+        chosen[kernel] = {key: best[key] for key in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")}
+        base = next((r for r in ok if all(r[key] == default[kernel][key] for key in chosen[kernel])), None)
+        kernels[kernel] = {"table": default[kernel], "best": chosen[kernel], "candidates": rows,
+                           "speedup_vs_table": _sig(base["ms"] / best["ms"]) if base else None,
+                           "timed_as": "fwd" if kernel == "fwd" else "fwd+bwd"}
+    with fc.launch_override(chosen):
+        numerics = _numerics(q, k, v, do, causal)
+    return {"head_dim": head_dim, "seq": seq, "kernels": kernels, "launch_configs": chosen, **numerics}
+
+
+def _run_config(seq: int, head_dim: int, dtype: torch.dtype, causal: bool, tiny: bool) -> dict:
+    batch, heads, q, k, v, do = _inputs(seq, head_dim, dtype, tiny)
 
     def fwd(backend):
         return lambda: attention(q, k, v, causal=causal, backend=backend)
@@ -183,6 +238,12 @@ def main(argv: list[str] | None = None) -> dict:
     device_name = torch.cuda.get_device_name() if HAS_CUDA else f"cpu ({platform.processor() or platform.machine()})"
     mode = "triton interpreter, timings not meaningful" if not HAS_CUDA else "cuda"
     print(f"attention benchmark on {device_name} [{mode}], dtype={args.dtype}, causal={args.causal}")
+    tuning = {}
+    if args.tune:
+        for head_dim in args.head_dims:
+            tuning[str(head_dim)] = t = _tune(head_dim, args.tune_seq, dtype, args.causal, args.tiny)
+            print(f"tuned hd{head_dim} at seq {args.tune_seq}: {json.dumps(t['launch_configs'])} "
+                  f"(numerics {'ok' if t['numerics_ok'] else 'NOT ok'})", flush=True)
     header = (f"{'seq':>6} {'hdim':>5} {'batch':>5} {'heads':>5} | {'ours fwd':>9} {'sdpa fwd':>9} {'ratio':>6} | "
               f"{'ours f+b':>9} {'sdpa f+b':>9} {'ratio':>6} | {'err ours':>8} {'err sdpa':>8} {'ok':>3}")
     print(header + "\n" + "-" * len(header))
@@ -208,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
         "numerics_ok": all(r["numerics_ok"] for r in results),
         "results": results,
     }
+    if tuning:
+        summary["tuning"] = tuning
     print(json.dumps(summary))
     return summary
 

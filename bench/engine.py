@@ -32,14 +32,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from llm_core.config import ModelConfig, ParallelConfig, TrainConfig  # noqa: E402
-from llm_core.data.loader import Loader, StreamRows  # noqa: E402
+from llm_core.data.loader import Loader, DocRows  # noqa: E402
 from llm_core.evaluation.metrics import loss_fn  # noqa: E402
 from llm_core.model.transformer import Transformer  # noqa: E402
 from llm_core.training import optim  # noqa: E402
 from llm_core.training.loop import Job, train  # noqa: E402
 
 
-def bare(model_cfg: ModelConfig, cfg: TrainConfig, rows: StreamRows) -> float:
+def bare(model_cfg: ModelConfig, cfg: TrainConfig, rows: DocRows) -> float:
     """Median seconds per step of the plain loop."""
     torch.manual_seed(cfg.seed)
     model = Transformer(model_cfg)
@@ -60,10 +60,11 @@ def bare(model_cfg: ModelConfig, cfg: TrainConfig, rows: StreamRows) -> float:
     return statistics.median(times)
 
 
-def ours(model_cfg: ModelConfig, cfg: TrainConfig, rows: StreamRows, tmp: Path, i: int) -> tuple[float, float]:
+def ours(model_cfg: ModelConfig, cfg: TrainConfig, rows: DocRows, tmp: Path, i: int) -> tuple[float, float]:
     """(median seconds per step, whole run) of `train()`. The per-step figure comes from the loop's own
     `train/tokens_per_sec` curve: each point spans everything from one step's end to the next one's (the step, the
-    dvclive writes, the progress bar), so nothing of the loop escapes it; set-up and the final checkpoint do."""
+    dvclive writes, the progress bar) but validation and checkpoint writes, which the loop times apart, so nothing
+    of the training loop escapes it; set-up and the final checkpoint do."""
     job = Job(rows, None, tmp / f"run{i}", tmp / f"live{i}", data_fingerprint="bench", desc="bench")
     t0 = time.perf_counter()
     train(model_cfg, cfg, ParallelConfig(), job)
@@ -84,7 +85,7 @@ def main() -> None:
     cfg = TrainConfig(steps=args.steps, batch_size=8, seq_len=128, optimizer=args.optimizer, warmup_steps=5,
                       eval_every=10**6, checkpoint_every=10**6, precision="fp32", compile=False)
     stream = np.random.default_rng(0).integers(0, 2048, 2_000_000).astype(np.uint16)
-    rows = StreamRows([stream], cfg.seq_len)
+    rows = DocRows([stream], cfg.seq_len)
     tokens = cfg.batch_size * cfg.seq_len
     times: dict[str, list[float]] = {"bare": [], "ours": []}
     with tempfile.TemporaryDirectory() as tmp:

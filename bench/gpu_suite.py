@@ -1,30 +1,43 @@
 """Everything that needs a GPU, measured by one command that fits a short machine slot and never loses a finished part.
 
-Parts, each a benchmark of this folder run in its own process with its own time limit:
+Parts, each a benchmark of this folder run in its own process with its own time limit, most valuable first:
 
 - `env`: card, driver, torch, CUDA, triton and transformers versions (this file, `--env`);
-- `attention_hd64`, `attention_hd128` (`attention.py`): Triton Flash-Attention-2 vs SDPA (flash), bf16 causal,
-  seq 1k/4k/8k: fwd and fwd+bwd TFLOP/s, ratio, numerics vs fp32 SDPA;
 - `train_step` (`train_step.py`): a `124m` training step, bf16 + torch.compile: tokens/s and MFU, ours vs
-  `transformers` Llama; `train_step_triton`: the same step with `model.attention: triton`;
+  `transformers` Llama;
+- `attention_hd64`, `attention_hd128` (`attention.py --tune`): the Triton kernel's block sizes picked from a small
+  candidate list, then Flash-Attention-2 vs SDPA (flash), bf16 causal, seq 1k/4k/8k: fwd and fwd+bwd TFLOP/s,
+  ratio, numerics vs fp32 SDPA;
+- `optimizer` (`optimizer.py`): a Muon step on `124m`'s matrices, batched (ours) vs torch.optim.Muon: kernels and ms;
+- `pretrain_stage` (`pretrain_stage.py`): 50 steps of the real `pretrain` stage (`124m`): tokens/s and MFU from
+  `metrics/runtime/pretrain.json` (training time only);
 - `decode` (`decode.py`): greedy decoding tokens/s at batch 1 and 32, ours vs `transformers` `generate`, same exported
   weights;
-- `pretrain_stage` (`pretrain_stage.py`): 50 steps of the real `pretrain` stage (`124m`): tokens/s and MFU from
-  `metrics/pretrain.json`.
+- `train_step_triton`: the `train_step` model with `model.attention: triton` (eager); not in the default plan
+  (`--only train_step_triton`), it runs in tiny mode.
 
-The JSON file (`--out`) is rewritten atomically before and after every part, so whatever stops the suite (a crash, a
-part's time limit, the machine being taken back) leaves a valid file with every part finished so far; each part's
-output goes to the log file beside it. A part that fails or runs out of time is recorded as such and the next one
-starts. The whole run keeps to `--budget` seconds (8 minutes; `--quick`: 3 minutes, the attention parts, the step
-of our model alone and a shorter decode); a part gets at most what is left. `--resume` keeps the parts a previous run
-finished and runs the rest, for a second slot after a cut-off one.
+Only what an offline GPU node has is needed: torch, triton, transformers, safetensors, tiktoken, tokenizers, pyarrow,
+pyyaml (and their own dependencies); no dvc, dvclive or datasets. Children run with this interpreter
+(`sys.executable`). Everything the suite writes goes under `--out DIR` (default `./gpu-suite`):
+`gpu_suite.json` (rewritten atomically before and after every part, so whatever stops the suite leaves a valid file
+with every part finished so far), `gpu_suite.log` (every part's output), `cache/` (torch.compile's and Triton's
+compile caches and the Hugging Face home: a rerun skips most compilation) and `tmp/` (the parts' scratch files,
+emptied after each part). A part that fails or runs out of time is recorded as such and the next one starts.
+`--resume` keeps the parts a previous run into the same folder finished and runs the rest, for a second slot after a
+cut-off one.
+
+Budget: the whole run keeps to `--budget` seconds (8 minutes; `--quick`: 3 minutes, the training step of our model
+alone and the two attention parts without tuning), and every part's limit, first compilation included, is set so
+that the limits of a mode add up to at most its budget (`budget_table()`): on a cold machine every part of the plan
+gets its full limit. The GPU limits are estimates until a GPU run records real times (docs/benchmarks.md).
 
 Without CUDA (or with `--tiny`) the same parts run on tiny shapes, the kernel in Triton's interpreter, so the suite is
 proven end to end on any machine (tests/integration/test_gpu_suite.py); those figures say nothing about speed.
 
-    python bench/gpu_suite.py                   # full suite (at most 8 min on one GPU), tiny on a CPU
-    python bench/gpu_suite.py --quick           # at most 3 min
-    python bench/gpu_suite.py --show bench/gpu_suite.json    # the table of an earlier run
+    python3 bench/gpu_suite.py --out /scratch/suite            # full suite (at most 8 min on one GPU)
+    python3 bench/gpu_suite.py --out /scratch/suite --resume   # the parts a cut-off run did not finish
+    python3 bench/gpu_suite.py --quick --out /scratch/quick     # at most 3 min
+    python3 bench/gpu_suite.py --show /scratch/suite            # the table of an earlier run
 """
 
 from __future__ import annotations
@@ -33,7 +46,9 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,24 +58,34 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-DEFAULT_OUT = BENCH / "gpu_suite.json"
-BUDGET_S = {"full": 480.0, "quick": 180.0, "tiny": 420.0}
-TINY_LIMIT_S = 120.0  # per part on a CPU: shapes are tiny, but the interpreter and a shared CPU are slow
+DEFAULT_OUT = Path("gpu-suite")  # in the current directory
+RESULTS, LOG = "gpu_suite.json", "gpu_suite.log"
+BUDGET_S = {"full": 480.0, "quick": 180.0, "tiny": 6600.0}
+# the env part (torch import, CUDA init, nvidia-smi) runs before the mode is known: a machine without an NVIDIA
+# device node is taken for a CPU (tiny mode) from the start; a loaded CPU imports torch slowly
+ENV_LIMIT_S = {"full": 30.0, "quick": 30.0, "tiny": 120.0}
+# tiny mode proves the suite on a CPU, often one shared with other jobs (a niced test there may get a twentieth of a
+# core): its limits only catch a hang, and each part's CPU time is recorded (`cpu_s`), the figure load leaves alone
+TINY_LIMIT_S = 900.0
 MIN_PART_S = 15.0  # less left than this: a part could not even import torch and compile, so it is skipped
 KILL_GRACE_S = 5.0
 
 
 @dataclass
 class Part:
-    """One benchmark invocation per mode; `None` leaves the part out of that mode."""
+    """One benchmark invocation per mode (`None` leaves the part out of that mode) and its limits, first compilation
+    included: `limit_s` on a GPU (full suite), `quick_limit_s` under --quick, `tiny_limit_s` on a CPU. A part with
+    `default=False` runs in full mode only when named by `--only`."""
 
     name: str
     script: str
     full: list[str] | None
     quick: list[str] | None
     tiny: list[str] | None
-    limit_s: float  # on a GPU, compilation included
-    quick_limit_s: float | None = None  # tighter under --quick, so one slow part cannot eat the 3 minutes
+    limit_s: float
+    quick_limit_s: float | None = None
+    tiny_limit_s: float = TINY_LIMIT_S
+    default: bool = True
 
 
 @dataclass
@@ -74,25 +99,33 @@ class Step:
 
 # tiny shapes spelled out in full, so that `--tiny` on a GPU is a quick smoke test too (no compilation there)
 _TINY_TRAIN = ["--preset", "tiny", "--vocab", "512", "--batch-size", "2", "--seq-len", "32", "--compile", "false"]
+_SWEEP = ["--seq", "1024", "4096", "8192"]
+# GPU limits: estimates for an H100/H200 host with a cold compile cache (a 124m forward+backward compile ~60 s,
+# docs/benchmarks.md), first compilation included.
 PARTS = (
-    Part("attention_hd64", "attention.py", full=["--seq", "1024", "4096", "8192", "--head-dims", "64"],
-         quick=["--seq", "1024", "4096", "8192", "--head-dims", "64"],
-         tiny=["--tiny", "--seq", "32", "--head-dims", "64"], limit_s=120, quick_limit_s=60),
-    Part("attention_hd128", "attention.py", full=["--seq", "1024", "4096", "8192", "--head-dims", "128"],
-         quick=["--seq", "1024", "4096", "8192", "--head-dims", "128"],
-         tiny=["--tiny", "--seq", "32", "--head-dims", "128"], limit_s=120, quick_limit_s=60),
     # two compilations (ours, then Hugging Face's model) of ~1 min each dominate this part
     Part("train_step", "train_step.py", full=["--preset", "124m"], quick=["--preset", "124m", "--baseline", "none"],
-         tiny=_TINY_TRAIN + ["--steps", "2", "--warmup", "1"], limit_s=240),
-    Part("train_step_triton", "train_step.py", full=["--preset", "124m", "--attention", "triton", "--baseline", "none"],
-         quick=None,
-         tiny=_TINY_TRAIN + ["--attention", "triton", "--baseline", "none", "--steps", "1", "--warmup", "0"],
-         limit_s=150),
-    Part("decode", "decode.py", full=[], quick=["--new-tokens", "64", "--repeats", "1"],
-         tiny=["--preset", "tiny", "--vocab", "512", "--prompt-len", "8", "--new-tokens", "8", "--repeats", "1"],
-         limit_s=120, quick_limit_s=60),
+         tiny=_TINY_TRAIN + ["--steps", "2", "--warmup", "1"], limit_s=150, quick_limit_s=80),
+    # tuning compiles ~6 more kernel variants (a few seconds each) before the sweep's 3 lengths
+    Part("attention_hd64", "attention.py", full=_SWEEP + ["--head-dims", "64", "--tune"],
+         quick=_SWEEP + ["--head-dims", "64"],
+         tiny=["--tiny", "--seq", "32", "--head-dims", "64", "--tune", "--tune-seq", "32"],
+         limit_s=70, quick_limit_s=35),
+    Part("attention_hd128", "attention.py", full=_SWEEP + ["--head-dims", "128", "--tune"],
+         quick=_SWEEP + ["--head-dims", "128"],
+         tiny=["--tiny", "--seq", "32", "--head-dims", "128", "--tune", "--tune-seq", "32"],
+         limit_s=70, quick_limit_s=35),
+    Part("optimizer", "optimizer.py", full=[], quick=None, tiny=["--smoke"], limit_s=20),
     Part("pretrain_stage", "pretrain_stage.py", full=["--steps", "50"], quick=None, tiny=["--tiny", "--steps", "10"],
-         limit_s=240),
+         limit_s=105),
+    Part("decode", "decode.py", full=["--batch-sizes", "1", "32", "--repeats", "2"], quick=None,
+         tiny=["--preset", "tiny", "--vocab", "512", "--prompt-len", "8", "--new-tokens", "8", "--repeats", "1"],
+         limit_s=35),
+    Part("train_step_triton", "train_step.py",
+         full=["--preset", "124m", "--attention", "triton", "--baseline", "none", "--compile", "false",
+               "--steps", "10", "--warmup", "2"], quick=None,
+         tiny=_TINY_TRAIN + ["--attention", "triton", "--baseline", "none", "--steps", "1", "--warmup", "0"],
+         limit_s=60, default=False),
 )
 
 
@@ -140,22 +173,41 @@ def versions_line(env: dict) -> str:
 # running parts
 
 
+def part_limit(part: Part, mode: str) -> float:
+    return {"tiny": part.tiny_limit_s, "quick": part.quick_limit_s or part.limit_s}.get(mode, part.limit_s)
+
+
 def plan(mode: str, only: list[str] | None = None) -> list[Step]:
-    """The steps of a mode (`full`, `quick` or `tiny`), `env` excluded."""
+    """The steps of a mode (`full`, `quick` or `tiny`), `env` excluded; `only` names parts to run (in suite order)."""
     steps = []
     for part in PARTS:
         args = getattr(part, mode)
-        if args is None or (only and part.name not in only):
+        if args is None and mode == "quick" and only and part.name in only:
+            args = part.full  # a part --quick leaves out still runs when named
+        if args is None or (only and part.name not in only) or (not only and mode == "full" and not part.default):
             continue
-        limit = {"tiny": TINY_LIMIT_S, "quick": part.quick_limit_s or part.limit_s}.get(mode, part.limit_s)
-        steps.append(Step(part.name, [sys.executable, str(BENCH / part.script), *args], limit))
+        steps.append(Step(part.name, [sys.executable, str(BENCH / part.script), *args], part_limit(part, mode)))
     return steps
 
 
-def child_env(cpu_only: bool) -> dict[str, str]:
-    # this checkout's llm_core first, whatever else is installed; output unbuffered so a killed part's log is whole
+def budget_table() -> dict[str, dict]:
+    """Per mode: the default plan's limits, env included, against the budget (they must fit)."""
+    out = {}
+    for mode, budget in BUDGET_S.items():
+        limits = {"env": ENV_LIMIT_S[mode], **{s.name: s.limit_s for s in plan(mode)}}
+        out[mode] = {"budget_s": budget, "limits_s": limits, "total_s": sum(limits.values())}
+    return out
+
+
+def child_env(out: Path, cpu_only: bool) -> dict[str, str]:
+    """The parts' environment: this checkout's llm_core first, and every file they write under `out`."""
+    cache = out / "cache"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1",  # a killed part's log is whole
+               TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"),
+               HF_HOME=str(cache / "huggingface"), TMPDIR=str(out / "tmp"))
+    env.setdefault("HF_HUB_OFFLINE", "1")  # GPU nodes are often offline: never wait on the hub
+    (out / "tmp").mkdir(parents=True, exist_ok=True)
     if cpu_only:
         env.setdefault("TRITON_INTERPRET", "1")  # read when a kernel is decorated: before the child imports triton
         # tiny shapes gain nothing from threads, and spinning thread pools on a busy CPU cost several times the work
@@ -191,13 +243,19 @@ def _kill_group(proc: subprocess.Popen, grace_s: float = KILL_GRACE_S) -> None:
             continue
 
 
+def _children_cpu() -> float:
+    """CPU seconds of the finished child processes (and the descendants they waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_step(step: Step, limit_s: float, log: Path, env: dict[str, str]) -> dict:
     """Run one part with its output appended to `log`; the record that goes into the JSON file."""
     with open(log, "a") as f:
         f.write(f"\n===== {step.name}: {shlex.join(step.argv)} (limit {limit_s:.0f} s)\n")
         f.flush()
         offset = f.tell()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu()
         # its own session: a time-out ends the whole process group, not only the part's first process
         proc = subprocess.Popen(step.argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=f,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -213,13 +271,13 @@ def run_step(step: Step, limit_s: float, log: Path, env: dict[str, str]) -> dict
             raise
         # a worker the part left behind would hold the GPU during the next part
         _kill_group(proc, grace_s=0.0)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
     with open(log) as f:
         f.seek(offset)
         output = f.read()
     result = _last_json(output) if not timed_out else None
     record = {"command": shlex.join(step.argv), "limit_s": round(limit_s, 1), "seconds": round(seconds, 1),
-              "returncode": rc}
+              "cpu_s": round(cpu, 1), "returncode": rc}
     if timed_out:
         record["status"] = "timeout"
     elif rc != 0:
@@ -241,13 +299,20 @@ def _write(path: Path, report: dict) -> None:
     os.replace(tmp, path)
 
 
+def _empty(folder: Path) -> None:
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def run_steps(steps: list[Step], out: Path, report: dict, budget_s: float, env: dict[str, str],
-              echo=print) -> dict:
-    """Run `steps` in order within `budget_s`, recording each in `report` and saving it to `out` as it goes."""
+              echo=print, scratch: Path | None = None) -> dict:
+    """Run `steps` in order within `budget_s`, recording each in `report` and saving it to `out` as it goes;
+    `scratch` (the parts' TMPDIR, the suite's own folder) is emptied after each part."""
     log = out.with_suffix(".log")
     deadline = time.monotonic() + budget_s
     parts = report.setdefault("parts", {})
@@ -270,6 +335,8 @@ def run_steps(steps: list[Step], out: Path, report: dict, budget_s: float, env: 
             raise
         parts[step.name] = record
         _write(out, report)
+        if scratch is not None:
+            _empty(scratch)  # a part ended by its time limit leaves its scratch files behind
         echo(f"[{i}/{len(steps)}] {step.name:<18} {record['status']:<9} {record['seconds']:>6.1f} s", flush=True)
     report["finished"] = _now()
     _write(out, report)
@@ -358,19 +425,48 @@ def _pretrain_lines(report: dict) -> list[str]:
             f"{p['optimizer']}; seconds per stage: {stages}",
             f"{'':<12} {'tokens/s':>11} {'MFU':>6}",
             f"{'whole run':<12} {_f(p.get('tokens_per_sec'), '11.0f')} {_f(p.get('mfu'), '6.1%')}   "
-            "(metrics/pretrain.json: compile, validation and checkpoint included)",
+            "(metrics/runtime/pretrain.json: training time, compile included)",
             f"{'steady':<12} {_f(p.get('steady_tokens_per_sec'), '11.0f')} {_f(p.get('steady_mfu'), '6.1%')}   "
             "(median of the per-step curve, second half)"]
+
+
+def _tuning_lines(report: dict) -> list[str]:
+    tuned = {hd: t for name in ("attention_hd64", "attention_hd128")
+             for hd, t in ((_result(report, name) or {}).get("tuning") or {}).items()}
+    if not tuned:
+        return []
+    lines = ["Kernel block sizes tuned (llm_core/model/attention/flash_config.py): best of each kernel's candidates; "
+             "speedup = table's config time / best",
+             f"{'hdim':>5} {'kernel':<6} {'table (M, N, warps, stages)':<28} {'best':<20} {'speedup':>8} {'ok':>3}"]
+    for hd, t in tuned.items():
+        for kernel, k in t.get("kernels", {}).items():
+            def short(c):
+                return f"{c['BLOCK_M']}, {c['BLOCK_N']}, {c['num_warps']}, {c['num_stages']}"
+            lines.append(f"{hd:>5} {kernel:<6} {short(k['table']):<28} {short(k['best']):<20} "
+                         f"{_f(k.get('speedup_vs_table'), '8.2f')} {'yes' if t.get('numerics_ok') else 'NO':>3}")
+    return lines
+
+
+def _optimizer_lines(report: dict) -> list[str]:
+    o = _result(report, "optimizer")
+    if not o:
+        return []
+    lines = [f"Muon step, {o['matrices']} matrices of {o['preset']} (kernels) and {o['time_preset']} (ms): "
+             f"torch / ours = {o['ratio_ops']}x kernels, {o['ratio_time']}x time",
+             f"{'optimizer':<22} {'kernels':>8} {'ms':>9}"]
+    for name, label in (("torch", "torch.optim.Muon"), ("ours", "ours (batched)")):
+        lines.append(f"{label:<22} {o['ops'][name]['kernels']:>8} {_f(o['time'][name].get('step_ms'), '9.3f')}")
+    return lines
 
 
 def render(report: dict) -> str:
     parts = report.get("parts", {})
     lines = [f"GPU suite ({report.get('mode')}), {report.get('started')}: {report.get('versions', '?')}", "",
-             f"{'part':<20} {'status':<10} {'seconds':>8} {'limit':>6}"]
+             f"{'part':<20} {'status':<10} {'seconds':>8} {'cpu s':>7} {'limit':>6}"]
     for name, rec in parts.items():
         lines.append(f"{name:<20} {rec.get('status', '?'):<10} {_f(rec.get('seconds'), '8.1f')} "
-                     f"{_f(rec.get('limit_s'), '6.0f')}")
-    for section in (_attention_lines, _train_lines, _decode_lines, _pretrain_lines):
+                     f"{_f(rec.get('cpu_s'), '7.1f')} {_f(rec.get('limit_s'), '6.0f')}")
+    for section in (_train_lines, _attention_lines, _tuning_lines, _optimizer_lines, _pretrain_lines, _decode_lines):
         block = section(report)
         if block:
             lines += [""] + block
@@ -389,13 +485,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="the ~3-minute subset")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes even on a GPU (forced without CUDA)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                    help=f"JSON file (default {DEFAULT_OUT.relative_to(ROOT)}); the log goes beside it (.log)")
+                    help=f"folder for everything the suite writes (default ./{DEFAULT_OUT}): {RESULTS}, {LOG}, "
+                         "cache/, tmp/")
     ap.add_argument("--budget", type=float, help="seconds for the whole run (default 480, --quick 180)")
     ap.add_argument("--only", nargs="+", choices=[p.name for p in PARTS], help="run these parts only")
     ap.add_argument("--resume", action="store_true", help="keep the parts --out already holds as ok, run the rest")
-    ap.add_argument("--show", type=Path, metavar="JSON", help="print the table of an earlier run and exit")
+    ap.add_argument("--show", type=Path, metavar="DIR", help="print the table of an earlier run (its --out folder or "
+                    "JSON file) and exit")
     ap.add_argument("--env", action="store_true", help=argparse.SUPPRESS)  # the env part itself
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.out.suffix == ".json" or args.out.is_file():
+        ap.error(f"--out is a folder (it holds {RESULTS}, {LOG} and the compile caches), got {args.out}; "
+                 f"pass a folder, e.g. --out {args.out.with_suffix('')}")
+    return args
 
 
 def stop_on_sigterm() -> None:
@@ -415,39 +517,43 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(info))
         return 0
     if args.show:
-        print(render(json.loads(args.show.read_text())))
+        path = args.show / RESULTS if args.show.is_dir() else args.show
+        print(render(json.loads(path.read_text())))
         return 0
 
-    out = args.out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log = out.with_suffix(".log")
+    folder = args.out.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    out, log = folder / RESULTS, folder / LOG
     previous = json.loads(out.read_text()) if args.resume and out.exists() else None
     if not args.resume:
         log.unlink(missing_ok=True)
     started = time.monotonic()
-    env_step = Step("env", [sys.executable, str(Path(__file__).resolve()), "--env"], 60.0)
-    env_record = run_step(env_step, env_step.limit_s, log, child_env(cpu_only=False))
+    gpu_likely = not args.tiny and (Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None)
+    env_step = Step("env", [sys.executable, str(Path(__file__).resolve()), "--env"],
+                    ENV_LIMIT_S["quick" if args.quick else "full"] if gpu_likely else ENV_LIMIT_S["tiny"])
+    env_record = run_step(env_step, env_step.limit_s, log, child_env(folder, cpu_only=False))
     env = env_record.get("result") or {}
     cpu_only = not env.get("cuda_available", False)
     mode = "tiny" if args.tiny or cpu_only else "quick" if args.quick else "full"
     if env_record["status"] != "ok":
         print(f"the env part failed ({env_record['status']}); see {log}:\n{env_record.get('output_tail', '')[-1500:]}")
-    print(f"GPU suite, {mode}: {versions_line(env)}", flush=True)
+    print(f"GPU suite, {mode}: {versions_line(env)}\nwriting to {folder}", flush=True)
 
-    report = {"suite": "gpu_suite", "mode": mode, "started": _now(), "command": shlex.join(sys.argv),
+    report = {"suite": "gpu_suite", "mode": mode, "started": _now(), "command": shlex.join([sys.executable, *sys.argv]),
               "versions": versions_line(env), "parts": {"env": env_record}}
     steps = plan(mode, args.only)
     if previous and previous.get("mode") == mode and previous.get("versions") == report["versions"]:
         kept = {k: v for k, v in previous.get("parts", {}).items() if k != "env" and v.get("status") == "ok"}
         report["parts"].update(kept)
         steps = [s for s in steps if s.name not in kept]
-        print(f"resuming {out.name}: kept {', '.join(kept) or 'nothing'}")
+        print(f"resuming {folder}: kept {', '.join(kept) or 'nothing'}")
     elif previous:
-        print(f"not resuming {out.name}: it was made in another mode or on another machine")
+        print(f"not resuming {folder}: it was made in another mode or on another machine")
     budget = args.budget or BUDGET_S[mode]
     report["budget_s"] = budget
     try:
-        run_steps(steps, out, report, budget - (time.monotonic() - started), child_env(cpu_only))
+        run_steps(steps, out, report, budget - (time.monotonic() - started), child_env(folder, cpu_only),
+                  scratch=folder / "tmp")
     except (KeyboardInterrupt, SystemExit) as stop:
         print("\n" + render(report))
         print(f"\ninterrupted: the parts finished so far are in {out}; `--resume` runs the rest")

@@ -1,15 +1,16 @@
-"""A short pretraining run through the real stages: tokens/s and MFU as `metrics/pretrain.json` reports them.
+"""A short pretraining run through the real stages: tokens/s and MFU as the stage's run-info file reports them.
 
 The run happens in a scratch project folder: `params.yaml` is the committed one with the benchmark's overrides, and
-the commands are the ones `dvc.yaml` lists for `download_pretrain`, `download_hellaswag`, `train_tokenizer`, `tokenize`
+the commands are the ones `dvc.yaml` lists for `download_pretrain`, `download_probe`, `train_tokenizer`, `tokenize`
 and `pretrain`,
 run in that order with the repository's code (no `dvc` process, so no `dvc.lock` or cache is touched). On CUDA the
 model is the `124m` preset on the built-in data (bf16 + torch.compile, as `precision: auto` / `compile: auto` pick);
 without CUDA a tiny model proves the command end to end.
 
 Two throughputs are reported, because they answer different questions:
-- `tokens_per_sec` / `mfu`: the stage's own figures from `metrics/pretrain.json`, tokens over the whole run's wall
-  time (compilation, the validation pass and checkpoint writes included), what a user of the stage gets;
+- `tokens_per_sec` / `mfu`: the stage's own figures from `metrics/runtime/pretrain.json`, tokens over the run's
+  training time (compilation included; validation and checkpoint writes are timed apart there), what a user of the
+  stage gets;
 - `steady_tokens_per_sec` / `steady_mfu`: the median of the per-step curves (dvclive `train/tokens_per_sec`,
   `train/mfu`) over the second half of the steps, the loop's speed once compiled.
 
@@ -36,20 +37,20 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("download_pretrain", "download_hellaswag", "train_tokenizer", "tokenize", "pretrain")
+STAGES = ("download_pretrain", "download_probe", "train_tokenizer", "tokenize", "pretrain")
 
 # num_docs: ~250 tokens per story, so 8000 stories hold ~2M tokens, more than 50 steps of 16 x 1024 read
 GPU = {
     "data": {"num_docs": 8000},
     "model": {"preset": "124m"},
-    "pretrain": {"batch_size": 16, "seq_len": 1024, "warmup_steps": 10, "eval_batches": 2},
+    "pretrain": {"batch_size": 16, "seq_len": 1024, "warmup_steps": 10, "global_eval_tokens": 32768},
 }
 CPU = {
     "data": {"num_docs": 200, "val_fraction": 0.1},
     "tokenizer": {"vocab_size": 512},
     "model": {"preset": "tiny", "n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64},
     # eager: `--tiny` on a GPU is a smoke test, not worth a compilation
-    "pretrain": {"batch_size": 4, "seq_len": 32, "warmup_steps": 2, "eval_batches": 1, "compile": False},
+    "pretrain": {"batch_size": 4, "seq_len": 32, "warmup_steps": 2, "global_eval_tokens": 128, "compile": False},
 }
 
 
@@ -134,13 +135,14 @@ def run(work: Path, steps: int, tiny: bool, extra: dict) -> dict:
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
             raise SystemExit(f"stage {name} failed (exit {proc.returncode}); command: {shlex.join(argv)}")
     metrics = json.loads((work / "metrics" / "pretrain.json").read_text())
+    runtime = json.loads((work / "metrics" / "runtime" / "pretrain.json").read_text())
     live = work / "dvclive" / "pretrain"
     tps, mfu = _curve(live, "tokens_per_sec"), _curve(live, "mfu")
     pre = params["pretrain"]
     return {
         "preset": params["model"]["preset"], "steps": steps, "batch_size": pre["batch_size"],
         "seq_len": pre["seq_len"], "optimizer": pre["optimizer"], "num_params": metrics.get("num_params"),
-        "tokens_per_sec": metrics.get("tokens_per_sec"), "mfu": metrics.get("mfu"),
+        "tokens_per_sec": runtime.get("tokens_per_sec"), "mfu": runtime.get("mfu"),
         "steady_tokens_per_sec": _steady(tps), "steady_mfu": _steady(mfu),
         "train_loss": metrics.get("train_loss"), "val_loss": metrics.get("val_loss"),
         "stage_seconds": stage_seconds,

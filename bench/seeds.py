@@ -3,6 +3,7 @@
     python bench/seeds.py                       # seeds 1337 1338 1339 x threads 2 and 1, the default params
     python bench/seeds.py --seeds 1 2 --threads 2 --set pretrain.lr=0.004 --set pretrain.steps=900
     python bench/seeds.py --sft --threads 2     # also fine-tune each pretrained model and score the chat model
+    python bench/seeds.py --smoke               # one seed of a tiny model for 2 steps in a scratch folder (seconds)
 
 The data, tokenizer and shards are made once by the stage scripts (in --work, reused across invocations with the same
 data params); each run then executes the real `pretrain` and `eval_hellaswag` stages in its own folder with
@@ -21,12 +22,18 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# --smoke: a model and data small enough for seconds per stage (the figures mean nothing)
+SMOKE = ["data.num_docs=120", "data.hellaswag.num_docs=8", "tokenizer.vocab_size=300", "tokenize.workers=1",
+         "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1", "model.ffn_hidden=64",
+         "pretrain.steps=2", "pretrain.batch_size=2", "pretrain.seq_len=32", "pretrain.eval_every=2",
+         "pretrain.global_eval_tokens=64", "pretrain.warmup_steps=1", "eval.hellaswag_every=0"]
 METRICS = ("val_bpb", "bpb_gap_to_floor", "val_loss", "acc_norm", "acc", "best_step", "tokens_per_sec", "seconds")
 
 
@@ -77,12 +84,13 @@ def one_run(base: Path, folder: Path, params: dict, sft: bool = False) -> dict:
     log = folder / "log.txt"
     t0 = time.perf_counter()
     run(["stages.pretrain", "--tokens", "data/tokens/pretrain", "--tokenizer", "models/tokenizer", "--raw",
-         "data/raw/pretrain", "--out", "models/pretrain", "--live", "dvclive", "--metrics", "pretrain.json"],
-        folder, log)
+         "data/raw/pretrain", "--out", "models/pretrain", "--live", "dvclive", "--metrics", "pretrain.json",
+         "--runtime", "runtime.json"], folder, log)
     seconds = time.perf_counter() - t0
     run(["stages.eval_hellaswag", "--model", "models/pretrain", "--tokenizer", "models/tokenizer", "--items",
          "data/raw/hellaswag", "--metrics", "hellaswag.json", "--records", "hellaswag_items.jsonl"], folder, log)
     out = json.loads((folder / "pretrain.json").read_text()) | json.loads((folder / "hellaswag.json").read_text())
+    out["tokens_per_sec"] = json.loads((folder / "runtime.json").read_text()).get("tokens_per_sec")
     out["seconds"] = seconds
     if sft:
         t0 = time.perf_counter()
@@ -104,7 +112,19 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/llm-seeds"))
     ap.add_argument("--tag", default="default", help="name of this configuration (its runs' folder)")
     ap.add_argument("--sft", action="store_true", help="also run sft and eval_chat on each pretrained model")
+    ap.add_argument("--smoke", action="store_true", help="seed 1, 1 thread, a tiny model and data (SMOKE), in a "
+                    "scratch folder that is removed afterwards")
     args = ap.parse_args()
+    if args.smoke:
+        args.seeds, args.threads, args.set = [1], [1], SMOKE + args.set
+        with tempfile.TemporaryDirectory(prefix="llm-seeds-smoke-") as work:
+            args.work = Path(work)
+            run_all(args)
+    else:
+        run_all(args)
+
+
+def run_all(args: argparse.Namespace) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for item in args.set:
         key, _, value = item.partition("=")

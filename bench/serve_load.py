@@ -9,6 +9,7 @@ are counted from the usage each stream reports. Rounds alternate the two loads; 
 last line is JSON: `ratio_16_vs_1` (target >= 4), `ttft_p50_s`, `ttft_p95_s`.
 
     python bench/serve_load.py [--requests 8] [--max-tokens 64] [--threads 1] [--rounds 3]
+    python bench/serve_load.py --smoke    # 2 clients, 1 request of 4 tokens each, 1 round: proves the command
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from llm_core.model.transformer import Transformer  # noqa: E402
 PROMPTS = ["Once upon a time", "One day, a little", "The cat", "Lily and her dog", "It was a sunny day"]
 
 
-def build_models(root: Path, vocab: int) -> Path:
-    texts, _ = synthetic.generate_stories(7, 2000)
+def build_models(root: Path, vocab: int, num_docs: int = 2000) -> Path:
+    texts, _ = synthetic.generate_stories(7, num_docs)
     tok = train_tokenizer(texts, vocab, root / "tokenizer")
     torch.manual_seed(0)
     cfg = ModelConfig(preset="tiny", tie_embeddings=False).resolved(tok.vocab_size)
@@ -108,9 +109,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="the server's CPU threads")
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="2 clients, 1 request of 4 tokens each, 1 round, a "
+                    "tokenizer of 300 ids trained on 200 stories (seconds; the figures mean nothing)")
     args = ap.parse_args()
+    num_docs = 2000
+    if args.smoke:
+        args.clients, args.requests, args.max_tokens, args.rounds, args.vocab, num_docs = 2, 1, 4, 1, 300, 200
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_models(Path(tmp), args.vocab)
+        model_dir = build_models(Path(tmp), args.vocab, num_docs)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]

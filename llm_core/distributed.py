@@ -7,7 +7,8 @@ The modes are wrapping choices around one model and one loop:
     ddp    DistributedDataParallel: every rank holds everything, gradients are all-reduced
     zero1  DDP gradients + ZeroRedundancyOptimizer: each rank keeps the optimizer state of (and updates) only its
            share of the parameters, then broadcasts them; works for AdamW and Muon (Muon is per-matrix)
-    fsdp   FSDP2 `fully_shard` per block + root: parameters, gradients and optimizer state are sharded
+    fsdp   FSDP2 `fully_shard` per block + root: parameters, gradients and optimizer state are sharded; under bf16
+           autocast parameters are gathered in bf16 and gradients reduced in fp32 (`fsdp_mixed_precision`)
 Checkpoints always hold the full, unsharded state in one format (weights by name, optimizer state keyed by
 parameter name), so a checkpoint written in any mode loads in any other and in a single process.
 """
@@ -81,6 +82,17 @@ def broadcast_object(obj, ctx: Context):
     return box[0]
 
 
+def fsdp_mixed_precision(amp_dtype: torch.dtype | None):
+    """FSDP2's precision for an autocast dtype: parameters gathered and used in it (half the all-gather bytes of fp32,
+    and the matmuls run in it under autocast anyway), gradients reduce-scattered in fp32 (sums over many ranks lose
+    bits in bf16); the sharded master weights and the optimizer stay fp32. None for fp32 runs."""
+    if amp_dtype is None:
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
+
+
 def gather_objects(obj, ctx: Context) -> list:
     """Every rank's value of a picklable object, in rank order (per-item evaluation records)."""
     if not ctx.distributed:
@@ -90,8 +102,9 @@ def gather_objects(obj, ctx: Context) -> list:
     return out
 
 
-def wrap(model: torch.nn.Module, mode: str, ctx: Context) -> torch.nn.Module:
-    """The module the training step calls. `none` (or one process) returns the model itself; FSDP shards in place."""
+def wrap(model: torch.nn.Module, mode: str, ctx: Context, amp_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """The module the training step calls. `none` (or one process) returns the model itself; FSDP shards in place,
+    with `fsdp_mixed_precision(amp_dtype)`."""
     if mode == "none" or not ctx.distributed:
         return model
     if mode in ("ddp", "zero1"):
@@ -101,10 +114,12 @@ def wrap(model: torch.nn.Module, mode: str, ctx: Context) -> torch.nn.Module:
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        policy = fsdp_mixed_precision(amp_dtype)
+        kw = {"mp_policy": policy} if policy is not None else {}
         # one all-gather per block keeps the peak memory at one unsharded block; the root holds embeddings + head
         for block in model.layers:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, **kw)
+        fully_shard(model, **kw)
         return model
     raise ValueError(f"parallel.mode must be one of none, ddp, zero1, fsdp (got {mode!r})")
 

@@ -1,8 +1,9 @@
 """Atomic writes and checksums: the one place that knows how to replace a file so that a reader (or a killed
-writer) never sees half of it."""
+writer) never sees half of it, with the permissions any other file written by the process would get."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -16,12 +17,36 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600 whatever the umask: a model folder or an info file would be unreadable by the
+        # group, other users or a web server. Give it the mode a plain open() gets (0644 under umask 022).
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask can only set it: the set-and-restore dance would
+    briefly change it for every thread of the process)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(path: str | Path) -> None:
+    """Give a file written by a library that creates it private (safetensors' save_file makes 0600) the mode a plain
+    open() gives: other users, a shared group folder or a web server can read a trained model."""
+    os.chmod(path, 0o666 & ~current_umask())
 
 
 def write_json(path: str | Path, obj, round_floats: int | None = None) -> None:
@@ -36,6 +61,14 @@ def write_metrics(path: str | Path, metrics: dict) -> None:
     write_json(path, metrics, round_floats=6)
 
 
+def write_run_info(path: str | Path, figures: dict) -> None:
+    """A stage's run-info file: what differs from run to run (throughput, wall time, device) and the date. dvc.yaml
+    lists these files under its top-level `metrics:`, never as a stage's output, so DVC shows them but never hashes
+    them: dvc.lock stays a pure function of code, params and data."""
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    write_json(path, {**figures, "date": now}, round_floats=6)
+
+
 def file_sha256(path: str | Path) -> str:
     """Checksum of a file read in blocks (downloads and token shards can be larger than memory)."""
     h = hashlib.sha256()
@@ -43,6 +76,13 @@ def file_sha256(path: str | Path) -> str:
         while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()
+
+
+def describe_files(paths: list[Path]) -> list[dict]:
+    """Path, size and sha256 of input files that DVC does not track itself (files named in params.yaml): recorded in
+    an output, they make a change of their content visible in dvc.lock. Content, not mtime: a fresh clone or a copy
+    has other mtimes but reads the same bytes."""
+    return [{"path": str(p), "bytes": Path(p).stat().st_size, "sha256": file_sha256(p)} for p in paths]
 
 
 def fsync_dir(path: Path) -> None:

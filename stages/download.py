@@ -1,4 +1,5 @@
-"""Stage download: one dataset (pretrain corpus, SFT chats or HellaSwag items) -> parquet shards."""
+"""Stage download: one dataset (pretrain corpus, SFT chats, HellaSwag items or the probe items of the in-training
+HellaSwag curve) -> parquet shards and info.json (what was read: checksums, a hub revision)."""
 
 import argparse
 

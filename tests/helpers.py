@@ -27,7 +27,7 @@ def tiny_model_config(vocab_size: int = 512, **overrides) -> ModelConfig:
 def train_config(**overrides) -> TrainConfig:
     """A training config for tiny in-process runs: 8 steps of 4 x 32 tokens, validation every 4, checkpoints every
     3 (so a run killed at step 5 resumes from step 3)."""
-    base = dict(steps=8, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_every=4, eval_batches=2,
+    base = dict(steps=8, batch_size=4, seq_len=32, lr=3e-3, warmup_steps=2, eval_every=4, global_eval_tokens=256,
                 checkpoint_every=3, keep_checkpoints=5, threads=2)
     base.update(overrides)
     return TrainConfig(**base)
@@ -100,15 +100,17 @@ def merge(base: dict, over: dict) -> dict:
 # every stage of the default pipeline still meaningful (a tokenizer with merges, a model that learns a little, enough
 # validation rows and HellaSwag / chat items for the metrics to be fractions). Tests pass only what they test.
 TINY_PARAMS = {
-    "data": {"num_docs": 300, "sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "val_fraction": 0.1},
+    "data": {"num_docs": 300, "sft": {"num_docs": 200}, "hellaswag": {"num_docs": 24}, "probe": {"num_docs": 8},
+             "val_fraction": 0.1},
     "tokenizer": {"vocab_size": 600},
     "tokenize": {"workers": 1},  # a process pool costs more than it saves on a tiny corpus
     "model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64, "max_seq_len": 256},
-    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "eval_batches": 2,
+    "pretrain": {"steps": 6, "batch_size": 4, "seq_len": 32, "eval_every": 3, "global_eval_tokens": 256,
                  "checkpoint_every": 3, "warmup_steps": 2},
-    "sft": {"steps": 3, "batch_size": 2, "seq_len": 256, "eval_every": 3, "eval_batches": 1, "warmup_steps": 1},
+    "sft": {"steps": 3, "batch_size": 2, "seq_len": 256, "eval_every": 3, "global_eval_tokens": 512,
+            "warmup_steps": 1},
     "sample": {"max_new_tokens": 8},
-    "eval": {"chat_items": 20, "hellaswag_every": 0, "hellaswag_items": 8},
+    "eval": {"chat_items": 20, "hellaswag_every": 0},
 }
 
 
@@ -139,6 +141,8 @@ def pipeline_copy(dst: Path, overrides: dict) -> Path:
         else:
             shutil.copy(src, dst / name)
     shutil.copytree(ROOT / ".dvc", dst / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    (dst / "hf").mkdir()  # the default model.init_path (a dependency of import_model), without any downloads
+    shutil.copy(ROOT / "hf" / "README.md", dst / "hf" / "README.md")
     shutil.copy(ROOT / "params.yaml", dst / "params.yaml")
     set_params(dst, overrides)
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
@@ -170,6 +174,31 @@ def stage(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Muon against torch.optim.Muon (tests/unit/test_muon.py and its ZeRO-1 worker processes)
+
+# same shapes (batched together), tall and wide of one oriented shape (one stack, two learning rates), a lone one
+MUON_SHAPES = [(64, 64), (64, 64), (64, 64), (128, 64), (64, 128), (128, 64), (48, 80), (24, 24)]
+
+
+def muon_params(seed: int = 0) -> list:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.1) for s in MUON_SHAPES]
+
+
+def muon_steps(opt, params: list, steps: int = 4, first: int = 0) -> list:
+    """`steps` optimizer steps on fixed pseudo-random gradients (the same on every process)."""
+    import torch
+
+    for step in range(first, first + steps):
+        gen = torch.Generator().manual_seed(1000 + step)
+        for p, s in zip(params, MUON_SHAPES):
+            p.grad = torch.randn(s, generator=gen)
+        opt.step()
+    return params
+
+
 # lm-evaluation-harness tasks over local files (the harness reads them offline)
 
 HELLASWAG_FIXTURE = ROOT / "tests/fixtures/hellaswag_official_schema.jsonl"

@@ -1,5 +1,6 @@
 """Write llm_core/inference/static/favicon.ico: the chat page's icon (a white speech bubble on the page's blue),
-a 32x32 PNG inside an ICO container, drawn here so that the committed binary can be remade from source."""
+a 32x32 PNG inside an ICO container, drawn here so that the committed binary can be remade from source
+(`python tools/make_favicon.py`; `--check` says whether the committed icon is this file's drawing)."""
 
 from __future__ import annotations
 
@@ -50,5 +51,12 @@ def ico(image: bytes) -> bytes:
 
 
 if __name__ == "__main__":
-    OUT.write_bytes(ico(png()))
-    print(f"wrote {OUT} ({OUT.stat().st_size} bytes)")
+    import json
+    import sys
+
+    icon = ico(png())
+    if "--check" in sys.argv[1:]:  # the committed icon is what this file draws (write nothing)
+        print(json.dumps({"bytes": len(icon), "matches": OUT.read_bytes() == icon}))
+    else:
+        OUT.write_bytes(icon)
+        print(f"wrote {OUT} ({OUT.stat().st_size} bytes)")

@@ -23,17 +23,21 @@ class ParamsError(UserError, ValueError):
 
 class _Section:
     """Base of the params sections. With LLM_CORE_TRACE_PARAMS set, reading a key of a section loaded from params.yaml
-    records its dotted name, so a test can check that dvc.yaml declares every key each stage really reads."""
+    records its dotted name, so a test can check that dvc.yaml declares every key each stage really reads.
+
+    The recording hook is installed by `start_trace` only: an attribute hook on every config object would make
+    torch.compile (Dynamo) give up on any function that reads a config, and untraced runs need none."""
 
     _path = ""
 
-    def __getattribute__(self, name: str):
-        value = object.__getattribute__(self, name)
-        if _read_keys is not None and not name.startswith("_") and not isinstance(value, _Section):
-            path = object.__getattribute__(self, "_path")
-            if path and name in object.__getattribute__(self, "__dataclass_fields__"):
-                _read_keys.add(f"{path}.{name}")  # a key, not a sub-section: those record their own keys
-        return value
+
+def _traced_getattribute(self, name: str):
+    value = object.__getattribute__(self, name)
+    if _read_keys is not None and not name.startswith("_") and not isinstance(value, _Section):
+        path = object.__getattribute__(self, "_path")
+        if path and name in object.__getattribute__(self, "__dataclass_fields__"):
+            _read_keys.add(f"{path}.{name}")  # a key, not a sub-section: those record their own keys
+    return value
 
 
 def start_trace(params: Any) -> None:
@@ -53,13 +57,13 @@ def start_trace(params: Any) -> None:
         mark(getattr(params, f.name), f.name)
     if _read_keys is None:
         _read_keys = set()
+        _Section.__getattribute__ = _traced_getattribute  # every section class inherits it from here on
 
         def dump() -> None:
             with open(os.environ[TRACE_ENV], "a") as fh:
                 fh.write(json.dumps({"argv": sys.argv, "keys": sorted(_read_keys)}) + "\n")
 
         atexit.register(dump)
-
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:

@@ -20,7 +20,14 @@ FFN_TYPES = ("dense", "moe")
 SCORE_FUNCS = ("sigmoid", "softmax")
 MOE_PATHS = ("auto", "loop", "grouped")
 ATTENTION_BACKENDS = ("sdpa", "triton", "naive")
+INITS = ("", "hf")
+# ModelConfig fields that params.yaml does not set: the tokenizer gives vocab_size, a Hugging Face folder the rest
+NOT_PARAMS = ("vocab_size", "family", "qkv_bias", "out_bias", "mlp_bias", "rope_scaling")
+# params.yaml keys that say where the weights come from, not what the architecture is: left out of config.json
+NOT_ARCHITECTURE = ("init", "init_path")
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 TRITON_HEAD_DIMS = (32, 64, 128)
+EXPERT_MULTIPLE = 64  # default expert_hidden rounds up to this
 CACHE_BYTES = 2  # KV-cache figures are for a bf16 cache, the dtype decoding runs in on GPUs
 
 
@@ -74,7 +81,7 @@ class ModelConfig(_Section):
     n_experts: int = 8  # moe: routed experts per layer
     top_k: int = 2  # moe: routed experts per token
     n_shared_experts: int = 1  # moe: experts every token goes through
-    expert_hidden: int | None = None  # moe: SwiGLU width of one expert (null = ffn_hidden / (top_k + shared))
+    expert_hidden: int | None = None  # moe: one expert's SwiGLU width (null = ffn_hidden / (top_k + shared), up to x64)
     score_func: str = "sigmoid"  # moe: router scores, sigmoid (DeepSeek-V3) | softmax
     first_dense_layers: int = 0  # moe: the first blocks keep a dense feed-forward
     bias_update_rate: float = 1e-3  # moe: step of the load-balancing bias per optimizer step (0 = off)
@@ -82,7 +89,15 @@ class ModelConfig(_Section):
     moe_path: str = "auto"  # moe: loop (reference) | grouped (torch._grouped_mm) | auto (grouped where it runs)
     layers: list[LayerConfig] = field(default_factory=list)  # per-block overrides (empty = all blocks alike)
     dropout: float = 0.0  # dropout on the attention and feed-forward outputs (training only)
+    init: str = ""  # "" = random init | hf = start from the Hugging Face folder `init_path` (architecture from it)
+    init_path: str = "hf"  # a local Hugging Face model folder (a DVC dependency of the import stage)
+    # Set by the tokenizer and by a Hugging Face folder's config.json (model.init), never by params.yaml:
     vocab_size: int = 0
+    family: str = ""  # the Hugging Face family it came from (llama | qwen2 | mistral): what export writes back
+    qkv_bias: bool = False  # biases on the query/key/value projections (Qwen2; Llama's attention_bias)
+    out_bias: bool = False  # bias on the attention output projection (Llama's attention_bias)
+    mlp_bias: bool = False  # biases on the SwiGLU projections (Llama's mlp_bias)
+    rope_scaling: dict | None = None  # Llama 3's RoPE frequency scaling: {rope_type: llama3, factor, ...}
 
     def __post_init__(self) -> None:
         # config.json stores the overrides as plain mappings
@@ -107,8 +122,11 @@ class ModelConfig(_Section):
             if values[key] is None:
                 values[key] = value
         if values["expert_hidden"] is None:
-            # the routed + shared experts a token goes through add up to the dense layer's width: same active size
-            values["expert_hidden"] = max(1, values["ffn_hidden"] // (values["top_k"] + values["n_shared_experts"]))
+            # the routed + shared experts a token goes through add up to the dense layer's width (same active size),
+            # rounded up to a multiple of 64: the grouped expert matmul on GPUs needs 16-byte row strides, and
+            # tensor cores want multiples of 64 (ffn_hidden // 3 alone gives 682 for 124m, 1365 for 774m)
+            values["expert_hidden"] = _round_up(
+                max(1, values["ffn_hidden"] // (values["top_k"] + values["n_shared_experts"])), EXPERT_MULTIPLE)
         values["vocab_size"] = vocab_size
         values["layers"] = [dataclasses.replace(entry) for entry in self.layers]
         cfg = ModelConfig(**values)
@@ -145,6 +163,13 @@ class ModelConfig(_Section):
         _choice("model.ffn", self.ffn, FFN_TYPES)
         _choice("model.score_func", self.score_func, SCORE_FUNCS)
         _choice("model.moe_path", self.moe_path, MOE_PATHS)
+        _choice("model.init", self.init, INITS)
+        if self.init == "hf" and not self.init_path:
+            raise ParamsError("params.yaml: model.init=hf needs model.init_path (a local Hugging Face model folder)")
+        if self.rope_scaling is not None and (self.rope_scaling.get("rope_type") != "llama3"
+                                              or any(k not in self.rope_scaling for k in LLAMA3_ROPE_KEYS)):
+            raise ParamsError(f"model config: rope_scaling must be Llama 3's (rope_type llama3 with "
+                              f"{', '.join(LLAMA3_ROPE_KEYS)}); got {self.rope_scaling}")
         if not 0 <= self.dropout < 1:
             raise ParamsError(f"params.yaml: model.dropout must be in [0, 1) (got {self.dropout})")
         for key in ("bias_update_rate", "aux_loss_weight", "first_dense_layers"):
@@ -214,6 +239,11 @@ class ModelConfig(_Section):
                     f"{key('qk_rope_head_dim')} == {key('v_head_dim')}, one of {TRITON_HEAD_DIMS} (got "
                     f"{view.qk_nope_head_dim} + {view.qk_rope_head_dim} and {view.v_head_dim}); change them or use "
                     "model.attention=sdpa")
+        if view.attention_type == "mla" and (view.qkv_bias or view.out_bias):
+            raise ParamsError(f"model config: attention biases (qkv_bias / out_bias) apply to gqa attention only; "
+                              f"{key('attention_type')} is mla")
+        if view.ffn == "moe" and view.mlp_bias:
+            raise ParamsError(f"model config: mlp_bias applies to dense feed-forwards only; {key('ffn')} is moe")
         if view.ffn == "dense":
             _at_least(key("ffn_hidden"), view.ffn_hidden, 1)
         else:
@@ -226,7 +256,8 @@ class ModelConfig(_Section):
                                   f"({view.n_experts})")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The architecture, as a model folder's config.json stores it."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_ARCHITECTURE}
 
     # ---------------------------------------------------------------------------------------------------------------
     # accounting
@@ -240,6 +271,7 @@ class ModelConfig(_Section):
             hd = c.head_dim
             attn = d * h * hd * 2 + d * c.n_kv_heads * hd * 2
             attn_norms = 2 * hd if c.qk_norm else 0
+            attn_norms += (h + 2 * c.n_kv_heads) * hd * c.qkv_bias + d * c.out_bias  # biases: no matmul
             width = h * 2 * hd
         else:
             q = (d * h * c.qk_head_dim if not c.q_lora_rank
@@ -250,6 +282,7 @@ class ModelConfig(_Section):
             width = h * (c.qk_head_dim + c.v_head_dim)
         if c.ffn == "dense":
             ffn_all = ffn_used = 3 * d * c.ffn_hidden
+            attn_norms += (2 * c.ffn_hidden + d) * c.mlp_bias
         else:
             expert = 3 * d * c.expert_hidden
             shared = expert * c.n_shared_experts

@@ -16,9 +16,10 @@ import yaml
 
 from llm_core.config.base import (TRACE_ENV, ParamsError, _at_least, _auto_or_int, _choice, _Section,
                                   start_trace)
-from llm_core.config.model import ModelConfig
+from llm_core.config.model import NOT_PARAMS, ModelConfig
 
 PARAMS_FILE = "params.yaml"
+MODELS = ("pretrain", "sft", "init")  # the model folders under models/ that evaluation and sampling can read
 
 
 @dataclass
@@ -34,6 +35,7 @@ class SourceConfig(_Section):
     hf_path: str = ""  # hf: dataset name on the hub (or a local dataset folder)
     hf_name: str = ""  # hf: dataset config name
     hf_split: str = "train"  # hf: split to stream
+    hf_revision: str = ""  # hf: dataset revision (commit sha or tag) read and recorded; empty = the newest commit
     column: str = ""  # text column (pretrain: "text", sft: "messages"); empty = the dataset kind's default
     max_docs: int = 0  # stop after this many documents (0 = no limit)
     max_bytes: int = 0  # stop after this many UTF-8 bytes of text (0 = no limit)
@@ -65,12 +67,15 @@ class DataConfig(SourceConfig):
     seed: int = 1234  # seeds the built-in world and the train/val split
     val_fraction: float = 0.02  # share of documents held out for validation
     sft: SourceConfig = field(default_factory=lambda: SourceConfig(num_docs=4000))
-    hellaswag: SourceConfig = field(default_factory=lambda: SourceConfig(num_docs=500))
+    hellaswag: SourceConfig = field(default_factory=lambda: SourceConfig(num_docs=500, hf_split="validation"))
+    # the in-training HellaSwag curve's own items: evaluating on other items (`hellaswag`) never retrains
+    probe: SourceConfig = field(default_factory=lambda: SourceConfig(num_docs=100, hf_split="validation"))
 
     def validate(self, prefix: str = "data") -> None:
         super().validate(prefix)
         self.sft.validate(f"{prefix}.sft")
         self.hellaswag.validate(f"{prefix}.hellaswag")
+        self.probe.validate(f"{prefix}.probe")
         if not 0.0 < self.val_fraction < 0.5:
             raise ParamsError(f"params.yaml: data.val_fraction must be in (0, 0.5) (got {self.val_fraction})")
 
@@ -80,14 +85,16 @@ class TokenizerConfig(_Section):
     vocab_size: int = 2048  # including the special tokens
     min_frequency: int = 2  # a pair must occur this often to be merged
     train_bytes: int = 0  # train on at most this many bytes of the corpus (0 = all of it)
-    source: str = "train"  # train (BPE on our corpus) | tiktoken:<encoding>, e.g. tiktoken:gpt2, tiktoken:cl100k_base
+    # train (BPE on our corpus) | tiktoken:<encoding>, e.g. tiktoken:gpt2 | hf (the folder model.init_path's)
+    source: str = "train"
 
     def validate(self) -> None:
         _at_least("tokenizer.vocab_size", self.vocab_size, 300)
         _at_least("tokenizer.min_frequency", self.min_frequency, 1)
         _at_least("tokenizer.train_bytes", self.train_bytes, 0)
-        if self.source != "train" and not (self.source.startswith("tiktoken:") and self.source[len("tiktoken:"):]):
-            raise ParamsError(f"params.yaml: tokenizer.source must be train or tiktoken:<encoding> such as "
+        if self.source not in ("train", "hf") and not (self.source.startswith("tiktoken:")
+                                                       and self.source[len("tiktoken:"):]):
+            raise ParamsError(f"params.yaml: tokenizer.source must be train, hf or tiktoken:<encoding> such as "
                               f"tiktoken:gpt2 or tiktoken:cl100k_base (got {self.source!r})")
 
 
@@ -123,7 +130,8 @@ class TrainConfig(_Section):
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global grad norm (0 = off)
     eval_every: int = 100  # steps between validation passes
-    eval_batches: int = 8  # micro-batches per validation pass
+    global_eval_tokens: int = 32768  # validation tokens per pass over all ranks together (whole rows of seq_len),
+    # split across the ranks: the same rows, so the same val_loss, whatever the process count
     checkpoint_every: int = 200  # steps between checkpoints
     keep_checkpoints: int = 2  # newest complete checkpoints kept
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
@@ -137,6 +145,10 @@ class TrainConfig(_Section):
     activation_checkpointing: str = "none"  # recompute block activations in backward: none | full | every_k
     activation_checkpointing_k: int = 2  # every_k: recompute every k-th block (blocks 0, k, 2k, ...)
     doc_mask: bool = True  # packed rows: a token attends only to its own document (each <|bos|> opens one)
+
+    def eval_rows(self) -> int:
+        """Validation rows per pass over all ranks (before capping at the validation split's size)."""
+        return self.global_eval_tokens // self.seq_len
 
     def accum_steps(self, world: int, prefix: str) -> int:
         """Micro-batches per optimizer step on `world` ranks: `grad_accum`, or derived from `global_batch_tokens`."""
@@ -152,9 +164,12 @@ class TrainConfig(_Section):
         return self.global_batch_tokens // per_micro
 
     def validate(self, prefix: str) -> None:
-        for key in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every", "eval_batches",
-                    "checkpoint_every", "keep_checkpoints"):
+        _at_least(f"{prefix}.steps", self.steps, 0 if prefix == "pretrain" else 1)  # 0: import only
+        for key in ("batch_size", "seq_len", "grad_accum", "eval_every", "checkpoint_every", "keep_checkpoints"):
             _at_least(f"{prefix}.{key}", getattr(self, key), 1)
+        if self.global_eval_tokens < self.seq_len:
+            raise ParamsError(f"params.yaml: {prefix}.global_eval_tokens must be at least one row of "
+                              f"{prefix}.seq_len = {self.seq_len} tokens (got {self.global_eval_tokens})")
         _at_least(f"{prefix}.warmup_steps", self.warmup_steps, 0)
         _choice(f"{prefix}.optimizer", self.optimizer, ("adamw", "muon"))
         _choice(f"{prefix}.schedule", self.schedule, ("cosine", "wsd", "constant"))
@@ -233,24 +248,22 @@ class TextEvalConfig(_Section):
 
 @dataclass
 class EvalConfig(_Section):
-    model: str = "pretrain"  # which checkpoint to score: pretrain | sft
+    model: str = "pretrain"  # which checkpoint to score: pretrain | sft | init (the imported model)
     max_items: int = 0  # score at most this many items (0 = all)
     batch_size: int = 32  # items per forward pass
     chat_items: int = 200  # held-out chat questions scored by eval_chat
-    hellaswag_every: int = 0  # pretraining: score a HellaSwag subset every this many steps (0 = off)
-    hellaswag_items: int = 100  # size of that subset
+    hellaswag_every: int = 0  # pretraining: score the probe items (data.probe) every this many steps (0 = off)
     text: TextEvalConfig = field(default_factory=TextEvalConfig)  # eval_text's corpus
     harness_tasks: list[str] = field(default_factory=list)  # eval_harness: lm-evaluation-harness tasks ([] = off)
     harness_limit: int = 0  # eval_harness: at most this many items per task (0 = all)
     harness_include: str = ""  # eval_harness: a folder of extra task yaml files ("" = only the harness's)
 
     def validate(self) -> None:
-        _choice("eval.model", self.model, ("pretrain", "sft"))
+        _choice("eval.model", self.model, MODELS)
         _at_least("eval.max_items", self.max_items, 0)
         _at_least("eval.batch_size", self.batch_size, 1)
         _at_least("eval.chat_items", self.chat_items, 1)
         _at_least("eval.hellaswag_every", self.hellaswag_every, 0)
-        _at_least("eval.hellaswag_items", self.hellaswag_items, 1)
         self.text.validate()
         for i, task in enumerate(self.harness_tasks):
             if not task.strip():
@@ -261,7 +274,7 @@ class EvalConfig(_Section):
 
 @dataclass
 class SampleConfig(_Section):
-    model: str = "sft"  # pretrain | sft
+    model: str = "sft"  # pretrain | sft | init
     prompts: list[str] = field(default_factory=lambda: ["Once upon a time"])  # plain text continuations
     chat_prompts: list[str] = field(default_factory=list)  # user messages rendered through the chat template
     max_new_tokens: int = 96
@@ -274,7 +287,7 @@ class SampleConfig(_Section):
     max_batch: int = 64  # sequences decoded together; more prompts wait and join as rows free up
 
     def validate(self) -> None:
-        _choice("sample.model", self.model, ("pretrain", "sft"))
+        _choice("sample.model", self.model, MODELS)
         _at_least("sample.max_new_tokens", self.max_new_tokens, 1)
         _at_least("sample.max_batch", self.max_batch, 1)
         if self.prompts_file and not self.prompts_file.endswith((".txt", ".jsonl")):
@@ -308,13 +321,22 @@ class Params:
         self.tokenizer.validate()
         self.tokenize.validate()
         self.model.validate()
-        shape = self.model.resolved(vocab_size=256)  # shape errors surface now, not when training starts
-        for name in ("pretrain", "sft"):
+        # shape errors surface now, not when training starts (an imported model's shape: by the import stage)
+        shape = self.model.resolved(vocab_size=256) if self.model.init != "hf" else None
+        for name in ("pretrain", "sft") if shape is not None else ():
             if getattr(self, name).seq_len > shape.max_seq_len:
                 raise ParamsError(f"params.yaml: {name}.seq_len ({getattr(self, name).seq_len}) exceeds the model's "
                                   f"max_seq_len ({shape.max_seq_len}); lower it or set model.max_seq_len")
         self.pretrain.validate("pretrain")
         self.sft.validate("sft")
+        if self.model.init != "hf":  # what only an imported model makes possible
+            if self.pretrain.steps == 0:
+                raise ParamsError("params.yaml: pretrain.steps: 0 (import only) needs model.init: hf; set "
+                                  "pretrain.steps >= 1 or model.init: hf")
+            for key in ("eval.model", "sample.model"):
+                if getattr(getattr(self, key.split(".")[0]), "model") == "init":
+                    raise ParamsError(f"params.yaml: {key}: init reads the imported model (models/init), but "
+                                      f"model.init is not hf; set {key}: pretrain or sft, or model.init: hf")
         self.parallel.validate()
         self.eval.validate()
         self.sample.validate()
@@ -353,7 +375,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"params.yaml: {prefix or 'top level'} must be a mapping (got {type(raw).__name__})")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "vocab_size" or cls is not ModelConfig}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in NOT_PARAMS or cls is not ModelConfig}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(fields))
     if unknown:

@@ -160,7 +160,7 @@ class PackedRows(SegmentRows):
 class Loader:
     def __init__(self, rows: Rows, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0,
                  shuffle: bool = True):
-        if len(rows) < batch_size * world:
+        if shuffle and len(rows) < batch_size * world:
             raise ValueError(f"only {len(rows)} sequences, fewer than one global batch ({world} ranks x batch_size "
                              f"{batch_size}); use more data or a smaller batch_size / seq_len")
         self.rows, self.batch_size, self.rank, self.world = rows, batch_size, rank, world
@@ -193,15 +193,23 @@ class Loader:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self._order = self._permutation(self.epoch)
 
-    def eval_batches(self, num_batches: int):
-        """A fixed, unshuffled prefix of the rows split across ranks. Every rank yields the same number of batches
-        (only whole global batches are used): a rank that ran one forward more than the others would wait forever in
-        FSDP's all-gather."""
-        global_batch = self.batch_size * self.world
-        for b in range(min(num_batches, len(self.rows) // global_batch)):
-            start = b * global_batch + self.rank * self.batch_size
-            xs, ys = zip(*(self.rows.get(i) for i in range(start, start + self.batch_size)))
-            yield torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+    def eval_batches(self, num_rows: int):
+        """The first `num_rows` rows (all of them when there are fewer), unshuffled, split across ranks: global batch
+        b is rows [b * G, (b + 1) * G) with G = world x batch_size, and rank r takes the r-th batch_size slice of it.
+        The rows scored are the same whatever the rank count (the validation set is global), so are the sums the
+        ranks add up. Every rank yields the same number of batches, since a rank that ran one forward more than
+        the others would wait forever in FSDP's all-gather: a rank whose slice of the last batch is empty scores
+        one row with no target instead, which adds nothing."""
+        n = min(num_rows, len(self.rows))
+        for start in range(0, n, self.batch_size * self.world):
+            lo = min(start + self.rank * self.batch_size, n)
+            hi = min(lo + self.batch_size, n)
+            if hi > lo:
+                xs, ys = zip(*(self.rows.get(i) for i in range(lo, hi)))
+                yield torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+            else:
+                x, y = self.rows.get(0)
+                yield torch.from_numpy(x[None]), torch.full((1, len(y)), IGNORE, dtype=torch.int64)
 
 
 def pretrain_rows(token_dir, split: str, seq_len: int, manifest: dict) -> DocRows:

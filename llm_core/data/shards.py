@@ -90,7 +90,7 @@ def tokenize_sft(raw: Path, tokenizer, out_dir: Path) -> dict:
     """Render the SFT chats through the chat template into token + loss-mask arrays in out_dir; returns the manifest."""
     out_dir = Path(out_dir)
     missing = [r for r in chat.ROLES if f"<|{r}|>" not in tokenizer.special_ids]
-    if missing:  # a pretrained encoding has no role tokens to render chats with
+    if missing and tokenizer.chat_template is None:  # a pretrained encoding has no role tokens to render chats with
         raise ValueError(f"tokenizer {tokenizer.name} has no chat role tokens ({', '.join(missing)}), so chats "
                          "cannot be rendered for SFT; use tokenizer.source: train")
     dtype = token_dtype(tokenizer.vocab_size)

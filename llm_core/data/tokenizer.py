@@ -4,7 +4,11 @@ A tokenizer directory holds either
     tokenizer.json          Hugging Face format (loads in `tokenizers` and `transformers.PreTrainedTokenizerFast`)
     tokenizer_config.json   special tokens and the chat template for `transformers`
 or, for a pretrained OpenAI encoding,
-    tiktoken.json           {"tiktoken": "<name>"}: no Hugging Face files, no chat roles.
+    tiktoken.json           {"tiktoken": "<name>"}: no Hugging Face files, no chat roles
+or, for the tokenizer of an imported Hugging Face model (`tokenizer.source: hf`),
+    tokenizer.json + tokenizer_config.json as that model ships them, plus hf.json (where they came from). Such a
+    tokenizer encodes through `tokenizers` itself (its ids are not tiktoken ranks), its specials and chat template are
+    its own (`chat.render` renders the template), and documents open with its bos token (eos when it has none).
 
 Ids follow one layout: 256 single bytes (id == byte value), merged tokens in the order they were learned, special
 tokens last. The id of a non-special token is its tiktoken rank, so the tiktoken `Encoding` that does the bulk
@@ -59,6 +63,7 @@ CHAT_TEMPLATE = (
 )
 
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 1  # every byte, every special, and at least one merge
+HF_MARKER = "hf.json"  # beside a Hugging Face model's own tokenizer files (tokenizer.source: hf)
 
 # transformers' own "no limit" value; the export writes the model's real context length.
 _UNLIMITED_LENGTH = int(1e30)
@@ -217,7 +222,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path, 
         "clean_up_tokenization_spaces": False,  # decoding must give back the exact text
     }
     data = hf.to_str(pretty=True).encode()
-    (out / "tiktoken.json").unlink(missing_ok=True)  # from_dir must not find a stale pretrained reference
+    for stale in ("tiktoken.json", HF_MARKER):  # from_dir must not find a stale pretrained reference
+        (out / stale).unlink(missing_ok=True)
     write_json(out / "tokenizer_config.json", config)
     write_bytes(out / "tokenizer.json", data)  # last: its presence means the directory is complete
     return Tokenizer._from_hf(hf, data)
@@ -228,7 +234,7 @@ def write_tiktoken_reference(name: str, out_dir: str | Path) -> Tokenizer:
     tok = Tokenizer.from_tiktoken_name(name)  # fail now, not in a later stage
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("tokenizer.json", "tokenizer_config.json"):
+    for stale in ("tokenizer.json", "tokenizer_config.json", HF_MARKER):
         (out / stale).unlink(missing_ok=True)
     write_json(out / "tiktoken.json", {"tiktoken": name})
     return tok
@@ -257,9 +263,12 @@ class Tokenizer:
     """Encode/decode with tiktoken; the Hugging Face tokenizer (`hf`) is there for export and cross-checks."""
 
     def __init__(self, *, name: str, vocab_size: int, special_ids: dict[str, int], bos_id: int, end_id: int,
-                 fingerprint: str, hf: HFTokenizer | None = None, encoding: tiktoken.Encoding | None = None):
-        # Use the from_* constructors; exactly one of `hf` and `encoding` is given.
+                 fingerprint: str, hf: HFTokenizer | None = None, encoding: tiktoken.Encoding | None = None,
+                 chat_template: str | None = None, template_vars: dict | None = None):
+        # Use the from_* constructors; at least one of `hf` and `encoding` is given.
         self.name = name
+        # a Hugging Face model's own chat template (Jinja) and the variables it reads (bos_token, ...); None: ours
+        self.chat_template, self.template_vars = chat_template, dict(template_vars or {})
         self._vocab_size = vocab_size
         self._special_ids = dict(special_ids)
         self._bos_id, self._end_id = bos_id, end_id
@@ -271,6 +280,8 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
         path = Path(path)
+        if (path / HF_MARKER).is_file():
+            return cls.from_pretrained_hf(path)
         if (path / "tokenizer.json").is_file():
             data = (path / "tokenizer.json").read_bytes()
             _check_layout(json.loads(data), path / "tokenizer.json")
@@ -284,6 +295,33 @@ class Tokenizer:
         specials = {t.content: i for i, t in hf.get_added_tokens_decoder().items()}
         return cls(name="bpe", vocab_size=hf.get_vocab_size(with_added_tokens=True), special_ids=specials,
                    bos_id=specials[BOS], end_id=specials[END], fingerprint=hashlib.sha256(data).hexdigest(), hf=hf)
+
+    @classmethod
+    def from_pretrained_hf(cls, path: str | Path) -> Tokenizer:
+        """A Hugging Face model's own tokenizer: tokenizer.json + tokenizer_config.json (specials, chat template)."""
+        path = Path(path)
+        try:
+            data = (path / "tokenizer.json").read_bytes()
+            config = json.loads((path / "tokenizer_config.json").read_text())
+            hf = HFTokenizer.from_str(data.decode())
+        except Exception as e:  # OSError, bad JSON, or the plain Exception `tokenizers` raises
+            raise ValueError(f"{path} does not hold a readable Hugging Face tokenizer (tokenizer.json + "
+                             f"tokenizer_config.json): {e}; rerun `dvc repro import_model train_tokenizer`") from None
+        added = hf.get_added_tokens_decoder()
+        specials = {t.content: i for i, t in added.items() if t.special}
+        names = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+        ids = {k: hf.token_to_id(v) for k, v in names.items() if v is not None}
+        end = ids.get("eos_token")
+        bos = ids.get("bos_token", end)  # GPT-style tokenizers separate documents with their end-of-text token
+        if bos is None or end is None:
+            raise ValueError(f"{path}/tokenizer_config.json names no eos_token (or bos_token) in the vocabulary: "
+                             "documents and chat turns need one to end with")
+        vocab_size = max([hf.get_vocab_size(with_added_tokens=True) - 1, *added]) + 1
+        fingerprint = hashlib.sha256(data + json.dumps(config, sort_keys=True).encode()).hexdigest()
+        return cls(name=f"hf:{json.loads((path / HF_MARKER).read_text()).get('name', path.name)}",
+                   vocab_size=vocab_size, special_ids=specials, bos_id=bos, end_id=end, fingerprint=fingerprint,
+                   hf=hf, encoding=_HFEncoding(data), chat_template=config.get("chat_template"),
+                   template_vars={k: v for k, v in names.items() if v is not None})
 
     @classmethod
     def from_tiktoken_name(cls, name: str) -> Tokenizer:
@@ -377,6 +415,66 @@ class Tokenizer:
             self._token_bytes = np.array(lengths, dtype=np.int64)
             self._token_bytes.flags.writeable = False  # shared by every caller
         return self._token_bytes
+
+
+def _token_text(value) -> str | None:
+    """A special token as tokenizer_config.json gives it: a string, or {"content": ...} in older files."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+class _HFEncoding:
+    """What the pipeline uses of tiktoken's Encoding, over a Hugging Face model's own tokenizer.json: ordinary
+    encoding (special-token strings in the text are text, as with `Tokenizer.encode`), decoding, and the bytes of
+    each token (bits per byte, streaming). Pickled as its JSON, for the tokenize stage's worker processes."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+        self._tok = HFTokenizer.from_str(data.decode())
+        self._tok.encode_special_tokens = True
+        self._bytes: list[bytes | None] | None = None
+
+    def __getstate__(self) -> bytes:
+        return self._data
+
+    def __setstate__(self, data: bytes) -> None:
+        self.__init__(data)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], errors: str = "replace") -> str:
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+    def decode_single_token_bytes(self, i: int) -> bytes:
+        if self._bytes is None:
+            self._bytes = _hf_token_bytes(json.loads(self._data))
+        if not 0 <= i < len(self._bytes) or self._bytes[i] is None:
+            raise KeyError(i)
+        return self._bytes[i]
+
+
+def _hf_token_bytes(spec: dict) -> list[bytes | None]:
+    """The bytes each id stands for, by how the tokenizer writes bytes in its vocab: byte-level BPE (GPT-2, Llama 3,
+    Qwen2, SmolLM2) maps every byte to a printable character; SentencePiece-style BPE (Llama 2, TinyLlama,
+    Mistral) writes a space as U+2581 and raw bytes as <0xNN> tokens; anything else is taken as UTF-8 text."""
+    vocab = dict((spec.get("model") or {}).get("vocab") or {})
+    vocab.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
+    byte_level = "ByteLevel" in json.dumps(spec.get("decoder")) or "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
+    added = {t["content"] for t in spec.get("added_tokens", [])}
+    out: list[bytes | None] = [None] * (max(vocab.values(), default=-1) + 1)
+    for text, i in vocab.items():
+        if text in added:
+            out[i] = text.encode()
+        elif byte_level:
+            try:
+                out[i] = _to_bytes(text)
+            except KeyError:
+                out[i] = text.encode()
+        elif len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            out[i] = bytes([int(text[3:5], 16)])
+        else:
+            out[i] = text.replace("\u2581", " ").encode()
+    return out
 
 
 def _single_token_bytes(enc: tiktoken.Encoding, i: int) -> bytes | None:

@@ -9,6 +9,11 @@ When a row's context reaches `max_seq_len`, a rolling window keeps its most rece
 the model saw at the start of every training document) and rebuilds the row's cache from them; the quarter of the
 context dropped at once keeps the rebuild rare. A prompt longer than the context is windowed the same way.
 Special tokens (chat markers, BOS, end) are never penalised by the repetition penalty.
+
+A decode step waits on the device once: for the drawn tokens, which decide the events. Everything else it needs on
+the host (each row's cache length, for the window; each row's settings) is kept on the host, and the drawn tokens
+feed the next forward pass from the device. The one-token forward pass is `fused.FusedDecoder` where the model's
+blocks allow it (grouped-query attention + SwiGLU), the model's own forward pass otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llm_core.inference.fused import FusedDecoder
 from llm_core.inference.generate import SamplingParams, sample_rows
 from llm_core.model.transformer import KVCache, Transformer
 
@@ -75,6 +81,9 @@ class Engine:
         self.device = p.device
         V = self.cfg.vocab_size
         self.cache = KVCache.empty(self.cfg, max_batch, self.cfg.max_seq_len, p.device, p.dtype, ragged=True)
+        self.lengths = [0] * max_batch  # cache.lengths, mirrored on the host: reading the device's would wait on it
+        self.next_tokens = torch.zeros(max_batch, dtype=torch.long, device=p.device)  # each row's newest token
+        self.decoder = FusedDecoder(model) if FusedDecoder.supports(model) else None
         self.logits = torch.zeros(max_batch, V, device=p.device)  # next-token logits of each row
         self.seen = torch.zeros(max_batch, V, dtype=torch.bool, device=p.device)  # tokens the penalty applies to
         # a model's vocabulary may be padded past its tokenizer's: ids with no text are never drawn
@@ -135,11 +144,21 @@ class Engine:
         if n == 0:
             return []
         t0 = time.perf_counter()
-        gens = [row.generator or self.generator for row in self.rows]
+        # the rows' settings, read on the host: asking the device would wait for it
         hot = [i for i, row in enumerate(self.rows) if row.req.params.temperature > 0]
         penalise = any(row.req.params.repetition_penalty != 1.0 for row in self.rows)
-        tokens = sample_rows(self.logits[:n], self.seen[:n], self.temperature[:n], self.top_k[:n], self.top_p[:n],
-                             self.penalty[:n], gens, hot, penalise).tolist()
+        gens, width = [], 0
+        if hot:
+            gens = [row.generator or self.generator for row in self.rows]
+            V = self.cfg.vocab_size
+            width = max(k if 0 < k <= V else V for k in (self.rows[i].req.params.top_k for i in hot))
+        if hot or penalise:
+            drawn = sample_rows(self.logits[:n], self.seen[:n], self.temperature[:n], self.top_k[:n],
+                                self.top_p[:n], self.penalty[:n], gens, hot, penalise, width)
+        else:  # all greedy, no penalty: what sample_rows would do, without cutting six buffers to n rows
+            drawn = self.logits[:n].argmax(-1)
+        self.next_tokens[:n] = drawn  # the next forward pass reads them from the device
+        tokens = drawn.tolist()  # the step's one wait on the device
         events, done, seen_rows, seen_tokens = [], [], [], []
         for i, (row, tok) in enumerate(zip(self.rows, tokens)):
             if tok in row.stops:
@@ -148,34 +167,39 @@ class Engine:
                 continue
             row.new += 1
             row.context.append(tok)
-            if tok not in self.special_ids:
+            if penalise and tok not in self.special_ids:
                 seen_rows.append(i)
                 seen_tokens.append(tok)
             finish = LENGTH if row.new >= row.req.params.max_new_tokens else None
             events.append(Event(row.rid, tok, finish, row.rolled))
             if finish:
                 done.append(i)
-        if penalise and seen_rows:  # before rows move: indices are this step's
+        if seen_rows:  # before rows move: indices are this step's
             self.seen[seen_rows, seen_tokens] = True
+        self.tokens_out += sum(e.token is not None for e in events)
         for i in reversed(done):
             self._remove(i)
         if self.rows:
             self._advance()
-        self.tokens_out += sum(e.token is not None for e in events)
         self.decode_s += time.perf_counter() - t0
         return events
 
     def _advance(self) -> None:
         """Feed every row's newest token through the model: one forward pass over all rows."""
         limit = self.cfg.max_seq_len
-        lengths = self.cache.lengths.tolist()
-        for i, row in enumerate(self.rows):
-            if lengths[i] >= limit:
+        for i in range(len(self.rows)):
+            if self.lengths[i] >= limit:
                 self._roll(i)
         n = len(self.rows)
-        last = torch.tensor([[row.context[-1]] for row in self.rows], device=self.device)  # (n, 1)
-        self.logits[:n] = self.model(last, self.cache.rows(0, n))[:, -1].float()
-        self.logits[:n, self.vocab_size:] = float("-inf")
+        if self.decoder is not None and self.logits.dtype == self.cache.layers[0][0].dtype:
+            self.decoder(self.next_tokens[:n], self.cache, self.lengths[:n], out=self.logits[:n])
+        elif self.decoder is not None:
+            self.logits[:n] = self.decoder(self.next_tokens[:n], self.cache, self.lengths[:n]).float()
+        else:
+            self.logits[:n] = self.model(self.next_tokens[:n, None], self.cache.rows(0, n))[:, -1].float()
+        self.lengths[:n] = [length + 1 for length in self.lengths[:n]]
+        if self.vocab_size < self.cfg.vocab_size:
+            self.logits[:n, self.vocab_size:] = float("-inf")
 
     def _window(self, tokens: list[int], room: int) -> list[int]:
         """The most recent `room` tokens, keeping a leading BOS."""
@@ -195,7 +219,9 @@ class Engine:
         view.lengths.zero_()
         ids = torch.tensor(tokens, device=self.device)
         self.logits[i:i + len(tokens)] = self.model(ids, view)[:, -1].float()
-        self.logits[i:i + len(tokens), self.vocab_size:] = float("-inf")
+        self.lengths[i:i + len(tokens)] = [len(t) for t in tokens]
+        if self.vocab_size < self.cfg.vocab_size:
+            self.logits[i:i + len(tokens), self.vocab_size:] = float("-inf")
 
     def _roll(self, i: int) -> None:
         """Rebuild row i's cache from the window of its context (the newest token stays out: `_advance` feeds it)."""
@@ -236,14 +262,15 @@ class Engine:
         """Free row i: the last row moves into it (cache, logits, settings) so rows stay 0..n-1."""
         last = len(self.rows) - 1
         if i != last:
-            length = int(self.cache.lengths[last])
-            self.cache.move_row(last, i, length)
+            self.cache.move_row(last, i, self.lengths[last])
             for t in (self.cache.lengths, self.logits, self.seen, self.temperature, self.top_k, self.top_p,
-                      self.penalty):
+                      self.penalty, self.next_tokens):
                 t[i] = t[last]
             self.rows[i] = self.rows[last]
+            self.lengths[i] = self.lengths[last]
         self.rows.pop()
         self.cache.lengths[last] = 0
+        self.lengths[last] = 0
 
 
 def run_batch(engine: Engine, requests: Sequence[Request]) -> list[Result]:

@@ -71,11 +71,12 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor
 
 def sample_rows(logits: torch.Tensor, seen: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
                 top_p: torch.Tensor, penalty: torch.Tensor, generators: Sequence[torch.Generator | None],
-                hot: Sequence[int] | None = None, penalise: bool = True) -> torch.Tensor:
+                hot: Sequence[int] | None = None, penalise: bool = True, width: int | None = None) -> torch.Tensor:
     """One token per row, each row with its own settings: logits (B, V), seen (B, V) bool (tokens to penalise),
     settings (B,) each. A row with temperature 0 is greedy; the others draw with their own generator, so a seeded
-    row gives the same tokens whatever else shares the batch. `hot` (the sampling rows) and `penalise` (whether
-    any row has a penalty) may be passed by a caller that already knows them, saving a device sync.
+    row gives the same tokens whatever else shares the batch. `hot` (the sampling rows), `penalise` (whether any row
+    has a penalty) and `width` (the largest top-k of the hot rows, V for top-k off) may be passed by a caller that
+    already knows them on the host: each one it leaves out costs a wait on the device.
 
     The draw works on the top-k candidates only (top-k, then top-p inside them, then inverse-CDF with one uniform
     number per row): sorting k of V logits instead of all of them is what keeps large batches cheap."""
@@ -93,7 +94,7 @@ def sample_rows(logits: torch.Tensor, seen: torch.Tensor, temperature: torch.Ten
     V = logits.shape[-1]
     k = top_k[rows]
     k = torch.where((k <= 0) | (k > V), V, k)  # (h,)
-    width = int(k.max())
+    width = int(k.max()) if width is None else width
     vals, idx = torch.topk(logits[rows] / temperature[rows, None], width, dim=-1)  # (h, width), best first
     rank = torch.arange(width, device=logits.device)
     vals = vals.masked_fill(rank >= k[:, None], float("-inf"))

@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 
 from llm_core.config import ModelConfig
-from llm_core.files import file_sha256, write_json
+from llm_core.files import file_sha256, umask_mode, write_json
 from llm_core.model.transformer import Transformer
 
 WEIGHTS = "model.safetensors"
@@ -29,6 +29,7 @@ def write_weights(directory: Path, cfg: ModelConfig, weights: dict[str, torch.Te
     tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()
                if not (cfg.tie_embeddings and k == "lm_head.weight")}
     safetensors.torch.save_file(tensors, str(directory / WEIGHTS))
+    umask_mode(directory / WEIGHTS)  # save_file makes the file 0600 whatever the umask
     write_json(directory / CONFIG, cfg.to_dict())
     if info is not None:
         write_json(directory / INFO, info)

@@ -12,7 +12,11 @@ as they are (DeepSeek-V2). An optional sequence-level balance loss (DeepSeek-V3 
 for the loop to add to the training loss when model.aux_loss_weight > 0.
 
 Two expert paths compute the same function: `experts_loop` (one matmul per expert over its tokens: the reference) and
-`experts_grouped` (tokens sorted by expert, three `torch._grouped_mm` calls for all experts at once).
+`experts_grouped` (tokens sorted by expert, three `torch._grouped_mm` calls for all experts at once). Both run the
+experts' matmuls in the compute dtype: autocast's where it is on (the residual stream, and so the expert input, stays
+fp32 under autocast, and `torch._grouped_mm` has no autocast rule), else the input's. `moe_path: auto` takes the
+grouped path where `torch._grouped_mm` runs for that device and compute dtype (on CUDA: bf16 from compute capability
+9.0) and the widths meet its alignment rule (`grouped_mm_aligned`); the loop needs a host sync per expert.
 
 Shapes: N tokens (batch x time), D d_model, E experts, K top_k, F expert hidden width.
 """
@@ -62,20 +66,37 @@ class Router(nn.Module):
         return weights, idx, scores
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the experts' matmuls run in: autocast's where it is on, else x's."""
+    dev = x.device.type
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):  # (meta tensors have no autocast)
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
 def experts_loop(x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor,
                  w2: torch.Tensor) -> torch.Tensor:
     """The reference: for each expert, SwiGLU over the tokens routed to it, scaled by their gate weights."""
     out = torch.zeros_like(x)  # (N, D)
     token = torch.arange(x.shape[0], device=x.device).repeat_interleave(idx.shape[1])  # (N*K,)
     flat, gate = idx.flatten(), weights.flatten()
+    dt = compute_dtype(x)
     for e in range(w1.shape[0]):
         sel = (flat == e).nonzero().squeeze(1)
         if sel.numel() == 0:
             continue
         t = token[sel]
-        h = F.silu(x[t] @ w1[e].t()) * (x[t] @ w3[e].t())  # (n_e, F)
-        out.index_add_(0, t, ((h @ w2[e].t()) * gate[sel, None]).to(x.dtype))
+        xe = x[t].to(dt)
+        h = F.silu(xe @ w1[e].to(dt).t()) * (xe @ w3[e].to(dt).t())  # (n_e, F)
+        out.index_add_(0, t, ((h @ w2[e].to(dt).t()) * gate[sel, None]).to(x.dtype))
     return out
+
+
+def grouped_mm_aligned(dtype: torch.dtype, *widths: int) -> bool:
+    """torch._grouped_mm's rule on CUDA: every operand's row stride is a multiple of 16 bytes, so d_model and the
+    expert width must be multiples of 8 in bf16 (the default expert_hidden is a multiple of 64)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return all(w * size % 16 == 0 for w in widths)
 
 
 def experts_grouped(x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor,
@@ -88,8 +109,8 @@ def experts_grouped(x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, w
         0, flat, torch.ones_like(flat, dtype=torch.int32))
     offs = torch.cumsum(counts, 0, dtype=torch.int32)  # end row of each expert's group
     token = order // K
-    xs = x[token]  # (N*K, D), grouped by expert
-    dt = xs.dtype
+    dt = compute_dtype(x)
+    xs = x[token].to(dt)  # (N*K, D), grouped by expert
     h = F.silu(torch._grouped_mm(xs, w1.to(dt).transpose(-2, -1), offs=offs)) * torch._grouped_mm(
         xs, w3.to(dt).transpose(-2, -1), offs=offs)  # (N*K, F)
     ys = torch._grouped_mm(h, w2.to(dt).transpose(-2, -1), offs=offs)  # (N*K, D)
@@ -97,13 +118,18 @@ def experts_grouped(x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, w
     return torch.zeros_like(x).index_add_(0, token, ys.to(x.dtype))
 
 
-@functools.cache
+@torch.compiler.assume_constant_result  # torch.compile takes the answer as a constant instead of tracing the probe
 def grouped_mm_runs(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether torch._grouped_mm works here (CPU in recent torch; CUDA from compute capability 9.0, 16-bit)."""
+    """Whether torch._grouped_mm works here (CPU in recent torch; CUDA from compute capability 9.0, bf16)."""
+    return _grouped_mm_probe(device_type, dtype)
+
+
+@functools.cache
+def _grouped_mm_probe(device_type: str, dtype: torch.dtype) -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
     if device_type == "cuda":
-        return torch.cuda.get_device_capability()[0] >= 9 and dtype in (torch.bfloat16,)
+        return torch.cuda.get_device_capability()[0] >= 9 and dtype == torch.bfloat16
     try:
         a = torch.ones(4, 8, device=device_type, dtype=dtype)
         b = torch.ones(2, 8, 8, device=device_type, dtype=dtype)
@@ -140,10 +166,17 @@ class MoE(nn.Module):
             self.tokens_per_expert = counts if self.tokens_per_expert is None else self.tokens_per_expert + counts
         if self.training and self.aux_weight > 0:
             self.aux_loss = self.aux_weight * sequence_balance_loss(scores.view(B, T, -1), idx.view(B, T, -1))
-        use_grouped = self.path == "grouped" or (self.path == "auto" and grouped_mm_runs(x.device.type, x.dtype))
+        use_grouped = self.path == "grouped" or (self.path == "auto" and self.grouped_runs(x))
         routed = (experts_grouped if use_grouped else experts_loop)(flat, idx, weights, self.w1, self.w3, self.w2)
         out = routed.view(B, T, D)
         return out + self.shared(x) if self.shared is not None else out
+
+    def grouped_runs(self, x: torch.Tensor) -> bool:
+        """Whether `auto` takes the grouped path for this input: decided by the dtype the matmuls really run in."""
+        dt = compute_dtype(x)
+        if torch.compiler.is_compiling() and dt != torch.bfloat16:
+            return False  # traced, the op follows its CUDA rule on every device: bf16 only
+        return grouped_mm_aligned(dt, self.w1.shape[2], self.w1.shape[1]) and grouped_mm_runs(x.device.type, dt)
 
     def take_load(self) -> torch.Tensor:
         """Tokens routed to each expert since the last call (E,), then start counting afresh."""

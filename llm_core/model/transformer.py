@@ -6,10 +6,12 @@ Design choices, Llama-2 style by default:
 - attention per block: grouped-query (n_kv_heads <= n_heads, 1 = multi-query) or multi-head latent attention
   (`mla.py`), all through one dispatch function;
 - feed-forward per block: SwiGLU or a mixture of experts (`moe.py`); blocks may differ (`ModelConfig.layer(i)`);
-- no biases anywhere; optional QK-norm; optional dropout on each block's attention and feed-forward outputs;
+- no biases by default (imported checkpoints may have them: q/k/v, attention output, SwiGLU); optional QK-norm;
+  optional dropout on each block's attention and feed-forward outputs;
 - tied input/output embeddings by default;
 - init: normal(model.init_std, 0.02 in every preset), residual output projections scaled by 1/sqrt(2 * n_layers)
   (GPT-2) so the residual stream's variance does not grow with depth;
+- buffers (RoPE tables, routing biases) stay fp32 when the weights are cast to bf16 for inference;
 - an optional KV cache for decoding: the model writes into it and attends over everything cached so far. A cache
   with per-row `lengths` is ragged: each row has its own position, writes at its own offset and attends only over
   its own filled part (batched decoding of sequences of different lengths, rows joining and leaving).
@@ -83,10 +85,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.backend = cfg.attention
-        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=cfg.out_bias)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
 
@@ -127,7 +129,7 @@ class Block(nn.Module):
         self.attn = MLA(cfg) if cfg.attention_type == "mla" else Attention(cfg)
         self.rope_dim = cfg.rope_dim
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.ffn = MoE(cfg) if cfg.ffn == "moe" else FeedForward(cfg.d_model, cfg.ffn_hidden)
+        self.ffn = MoE(cfg) if cfg.ffn == "moe" else FeedForward(cfg.d_model, cfg.ffn_hidden, cfg.mlp_bias)
         # no module at all without dropout: nothing draws random numbers, so runs stay as they were
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
@@ -142,6 +144,9 @@ class Transformer(nn.Module):
         super().__init__()
         assert cfg.vocab_size > 0 and cfg.n_layers is not None, "pass a resolved ModelConfig"
         self.cfg = cfg
+        # forward reads plain attributes, never the config: torch.compile then traces it as one graph whatever
+        # hooks a config object carries (params tracing wraps its attribute reads)
+        self.max_seq_len = cfg.max_seq_len
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg.layer(i)) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -152,10 +157,23 @@ class Transformer(nn.Module):
         # not persistent: derived from the config, so checkpoints hold weights only
         self.rope_dims = sorted({block.rope_dim for block in self.layers})
         for dim in self.rope_dims:
-            cos, sin = rope_tables(dim, cfg.max_seq_len, cfg.rope_theta)
+            cos, sin = rope_tables(dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
             self.register_buffer(f"rope_cos_{dim}", cos, persistent=False)
             self.register_buffer(f"rope_sin_{dim}", sin, persistent=False)
         self.reset_parameters()
+
+    def _apply(self, fn, recurse=True):
+        # buffers stay fp32 whatever dtype the weights are cast to (bf16 inference): bf16 RoPE tables are off by up
+        # to 4e-3 (8 bits of mantissa), and the routers' balancing biases steer top-k choices by small margins
+        kept = {name: buf for name, buf in self.named_buffers() if buf.dtype == torch.float32}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            owner, _, leaf = name.rpartition(".")
+            module = self.get_submodule(owner)
+            new = module._buffers[leaf]
+            if new is not None and new.dtype != torch.float32 and new.is_floating_point():
+                module._buffers[leaf] = old.to(new.device)
+        return self
 
     def reset_parameters(self) -> None:
         # a config.json written before init_std existed has none: those models were initialised with the preset's
@@ -164,6 +182,8 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 nn.init.ones_(p)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
             elif name.endswith(("attn.wo.weight", "ffn.w2.weight", "ffn.w2", "ffn.shared.w2.weight")):
                 nn.init.normal_(p, mean=0.0, std=residual_std)
             else:
@@ -172,7 +192,7 @@ class Transformer(nn.Module):
             if name.endswith("expert_bias"):
                 buf.zero_()
         for dim in self.rope_dims:
-            cos, sin = rope_tables(dim, self.cfg.max_seq_len, self.cfg.rope_theta)
+            cos, sin = rope_tables(dim, self.cfg.max_seq_len, self.cfg.rope_theta, self.cfg.rope_scaling)
             getattr(self, f"rope_cos_{dim}").copy_(cos)
             getattr(self, f"rope_sin_{dim}").copy_(sin)
 
@@ -193,8 +213,8 @@ class Transformer(nn.Module):
         if cache is not None and cache.lengths is not None:
             return self._forward_ragged(idx, cache)
         start = cache.pos if cache is not None else 0
-        if start + T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        if start + T > self.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.max_seq_len}")
         rope = {dim: (getattr(self, f"rope_cos_{dim}")[start:start + T],
                       getattr(self, f"rope_sin_{dim}")[start:start + T])
                 for dim in self.rope_dims}  # width -> (T, width) each
@@ -215,8 +235,8 @@ class Transformer(nn.Module):
             cache.lengths += T
             return logits
         end = max(lengths) + T
-        if end > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {end} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        if end > self.max_seq_len:
+            raise ValueError(f"sequence of {end} tokens exceeds model.max_seq_len={self.max_seq_len}")
         pos = cache.lengths[:, None] + torch.arange(T, device=idx.device)  # (B, T)
         rope = {dim: (getattr(self, f"rope_cos_{dim}")[pos][:, None], getattr(self, f"rope_sin_{dim}")[pos][:, None])
                 for dim in self.rope_dims}  # width -> (B, 1, T, width) each

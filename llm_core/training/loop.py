@@ -33,11 +33,15 @@ from llm_core.model.io import load_model, weights_hash, write_weights
 from llm_core.model.transformer import Transformer
 from llm_core.training import checkpoint, optim
 from llm_core.training.recompute import apply_activation_checkpointing
-from llm_core.training.tracking import Throughput, Tracker, peak_flops
+from llm_core.training.tracking import Throughput, Tracker, device_info, peak_flops
 
 EPOCH_WARNING = 4.0  # planned passes over the training split past which overfitting is likely
 # bookkeeping of a run: kept in the model folder's train_info.json, left out of the metrics people compare
 COUNTERS = ("steps", "tokens", "skipped_steps", "final")
+# a run's result["runtime"]: throughput, wall time by phase, date and device. They differ from run to run, so they
+# go to the stage's run-info file only, never into a file DVC hashes (models/, metrics): dvc.lock stays a pure
+# function of code, params and data, and a reproduction is read off it
+RUNTIME = "runtime"
 
 
 def epoch_warning(desc: str, epochs: float, keeps_best: bool) -> str | None:
@@ -51,11 +55,18 @@ def epoch_warning(desc: str, epochs: float, keeps_best: bool) -> str | None:
 
 def compared(result: dict) -> dict:
     """The figures of a run's result that belong in its metrics file."""
-    return {k: v for k, v in result.items() if k not in COUNTERS}
+    return {k: v for k, v in result.items() if k not in COUNTERS and k != RUNTIME}
 
 
 class NonFiniteError(UserError, RuntimeError):
     pass
+
+
+def forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 docs: torch.Tensor | None) -> torch.Tensor:
+    """A micro-batch's loss summed over its target tokens. The loop compiles this whole function, so forward, head
+    and fp32 cross-entropy are one graph: the fp32 copy of the logits is fused into the loss, never materialised."""
+    return loss_fn(model(x, docs=docs), y, reduction="sum")
 
 
 def expert_load_metrics(counts: list[float], layers: list[int]) -> dict:
@@ -148,7 +159,7 @@ class Trainer:
         self.last_load: dict = {}
         if cfg.activation_checkpointing != "none":  # before wrapping: DDP / FSDP / compile see the recomputing blocks
             apply_activation_checkpointing(model, cfg.activation_checkpointing, cfg.activation_checkpointing_k)
-        self.step_model = distributed.wrap(model, self.mode, ctx)
+        self.step_model = distributed.wrap(model, self.mode, ctx, self.amp_dtype)
         # built after wrapping: FSDP swaps the parameters for sharded ones
         self.optimizers = optim.build_optimizers(model, cfg, self.device.type,
                                                  shard=distributed.shards_optimizer(self.mode, ctx))
@@ -159,12 +170,15 @@ class Trainer:
             checkpoint.restore_rng(saved["rng"])
             if saved.get("scaler"):
                 self.scaler.load_state_dict(saved["scaler"])
+        self.forward_loss = forward_loss
         if resolve_compile(cfg.compile, self.device):
-            self.step_model = torch.compile(self.step_model)
+            self.step_model = torch.compile(self.step_model)  # validation's forward
+            self.forward_loss = torch.compile(forward_loss)  # training's forward and loss (it inlines step_model)
         self.autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                          else contextlib.nullcontext())
+        # a validation set of whole rows over all ranks (cfg.eval_rows()): its figures do not depend on the rank count
         self.val_loader = (Loader(job.val_rows, cfg.batch_size, ctx.rank, ctx.world, shuffle=False)
-                           if job.val_rows is not None and len(job.val_rows) >= cfg.batch_size * ctx.world else None)
+                           if job.val_rows is not None and len(job.val_rows) > 0 else None)
         self.token_bytes = (torch.tensor(job.token_bytes, device=self.device) if job.token_bytes is not None
                             else None)
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * self.accum * ctx.world
@@ -213,7 +227,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------------------
     # one step
 
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float, sync: bool) -> torch.Tensor:
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, sync: bool) -> torch.Tensor:
         """One micro-batch: the summed loss over its target tokens (detached); backward of sum * scale."""
         sm = self.step_model
         if hasattr(sm, "set_requires_gradient_sync"):  # FSDP2
@@ -221,7 +235,7 @@ class Trainer:
         # all-reduce / reduce-scatter gradients only on the last micro-batch of the step
         no_sync = sm.no_sync() if not sync and hasattr(sm, "no_sync") else contextlib.nullcontext()
         with no_sync, self.autocast:
-            loss_sum = loss_fn(sm(x, docs=self.docs(x)), y, reduction="sum")
+            loss_sum = self.forward_loss(sm, x, y, self.docs(x))
             objective = loss_sum * scale
             aux = self.model.take_aux_loss() if self.moe_layers else None
             if aux is not None:
@@ -229,6 +243,13 @@ class Trainer:
                 objective = objective + aux / self.accum
         self.scaler.scale(objective).backward()
         return loss_sum.detach()
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A batch tensor on the training device; on CUDA through pinned memory, so the copy is truly asynchronous
+        (a non_blocking copy from pageable memory waits for the GPU)."""
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def docs(self, x: torch.Tensor) -> torch.Tensor | None:
         """Document index of every position of packed rows (each <|bos|> opens the next), for the model's document
@@ -242,33 +263,34 @@ class Trainer:
         cfg, ctx, state = self.cfg, self.ctx, self.state
         step = state["step"]
         lr = optim.set_lr(self.optimizers, optim.lr_factor(step, cfg))
-        batches = [self.train_loader.next_batch() for _ in range(self.accum)]
+        batches = [[self.to_device(t) for t in self.train_loader.next_batch()] for _ in range(self.accum)]
         # the loss is the mean over every target token of the global batch (SFT rows hold different numbers of
-        # them); DDP/FSDP average gradients over ranks, so each rank scales its sum by world / global count
-        counts = torch.tensor([float(sum(int((y != IGNORE).sum()) for _, y in batches))], device=self.device)
-        distributed.all_reduce_sum(counts, ctx)
-        global_count = max(counts.item(), 1.0)
+        # them); DDP/FSDP average gradients over ranks, so each rank scales its sum by world / global count.
+        # Counted on the device: the scale is a tensor, and nothing waits for the GPU before the backward passes
+        count = torch.stack([(y != IGNORE).sum() for _, y in batches]).sum().double()
+        global_count = distributed.all_reduce_sum(count.clone(), ctx)
+        scale = (ctx.world / global_count.clamp(min=1)).float()
         loss_sum = torch.zeros((), device=self.device)
         for micro, (x, y) in enumerate(batches):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            loss_sum += self.forward_backward(x, y, ctx.world / global_count, sync=micro == self.accum - 1)
+            loss_sum += self.forward_backward(x, y, scale, sync=micro == self.accum - 1)
         for opt in self.optimizers:
             self.scaler.unscale_(opt)
         grad_norm = distributed.clip_grad_norm(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        check = torch.stack([loss_sum.float(), grad_norm.float() / ctx.world])
+        # float64: exact token counts however large the batch
+        check = torch.stack([loss_sum.double(), grad_norm.double() / ctx.world, count])
         load = self.model.take_expert_load() if self.moe_layers else None  # (MoE layers, experts) token counts
         if load is not None:
-            check = torch.cat([check, load.flatten().to(check.device)])
+            check = torch.cat([check, load.flatten().to(check)])
         distributed.all_reduce_sum(check, ctx)  # every rank sees the same verdict (and the load of all ranks)
         # the step's only host sync: one transfer for the loss, the norm, the non-finite verdict and the loads
-        loss_total, norm, *counts = check.tolist()
-        train_loss = loss_total / global_count
+        loss_total, norm, tokens, *counts = check.tolist()
+        train_loss = loss_total / max(tokens, 1.0)
         if math.isfinite(train_loss) and math.isfinite(norm):
             for opt in self.optimizers:
                 self.scaler.step(opt)
             self.scaler.update()
             if load is not None:  # auxiliary-loss-free balancing: one bias step per optimizer step, same on all ranks
-                self.model.update_expert_bias(check[2:].view_as(load))
+                self.model.update_expert_bias(check[3:].view_as(load).to(load.dtype))
         elif self.scaler.is_enabled() and math.isfinite(train_loss):
             # fp16 overflow: skip the step and lower the scale on every rank alike (GradScaler's own rule)
             self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
@@ -278,7 +300,8 @@ class Trainer:
             raise NonFiniteError(
                 f"{self.job.desc}: non-finite loss or grad norm at step {step}; stopped. The last good checkpoint is "
                 f"kept in {self.ckpt_root}. Lower {self.job.desc}.lr, raise warmup, or set "
-                f"{self.job.desc}.on_nonfinite: skip")
+                f"{self.job.desc}.on_nonfinite: skip (`dvc checkout {self.job.out_dir}` brings back the folder of the "
+                "last recorded run)")
         else:
             state["skipped_steps"] += 1
             if self.scaler.is_enabled():
@@ -305,7 +328,7 @@ class Trainer:
         self.step_model.eval()
         metrics = TokenMetrics(self.device, self.token_bytes)
         with torch.no_grad(), self.autocast:
-            for x, y in self.val_loader.eval_batches(self.cfg.eval_batches):
+            for x, y in self.val_loader.eval_batches(self.cfg.eval_rows()):
                 x, y = x.to(self.device), y.to(self.device)
                 metrics.add(self.step_model(x, docs=self.docs(x)), y)
         distributed.all_reduce_sum(metrics.sums, self.ctx)
@@ -360,6 +383,8 @@ class Trainer:
         last_train_loss, last_val = float("nan"), {}
         stopped_early = False
         t_start = time.perf_counter()
+        if cfg.steps == 0:  # import only: the metrics describe the imported weights on this data
+            last_val = self.evaluate()
         self.step_model.train()
         while state["step"] < cfg.steps:
             metrics = self.train_step()
@@ -369,19 +394,23 @@ class Trainer:
                 if self.load_window is not None:
                     self.last_load = expert_load_metrics(self.load_window, self.moe_layers)
                     self.load_window = None
-                last_val = self.evaluate()
+                with self.meter.phase("val"):
+                    last_val = self.evaluate()
                 metrics.update(last_val)
-                self.update_best(last_val)
+                with self.meter.phase("checkpoint"):
+                    self.update_best(last_val)
             if self.job.hellaswag and self.job.hellaswag_every and (step % self.job.hellaswag_every == 0
                                                                      or step == cfg.steps):
-                metrics.update(self.evaluate_hellaswag())
+                with self.meter.phase("hellaswag"):
+                    metrics.update(self.evaluate_hellaswag())
             self.tracker.log(step, metrics)
             self.tracker.progress(1, loss=last_train_loss, lr=metrics["train/lr"])
             patience = cfg.early_stop_patience
             stopped_early = bool(patience and state["evals_since_best"] >= patience and step < cfg.steps)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopped_early:
                 state["stopped_early"] = stopped_early  # an early-stopped run is finished: never resumed
-                self.save(step)
+                with self.meter.phase("checkpoint"):
+                    self.save(step)
             if stopped_early:
                 if self.ctx.is_main:
                     print(f"{self.job.desc}: stopping early at step {step}: validation loss has not improved for "
@@ -406,11 +435,15 @@ class Trainer:
             result["best_step"] = best["step"]
         # expert balance over the last validation interval: max / mean tokens per expert, per MoE layer and averaged
         result.update({k.replace("moe/", "moe_"): v for k, v in self.last_load.items()})
-        if elapsed > 0 and state["tokens"] > self.start_tokens:
-            result["tokens_per_sec"] = (state["tokens"] - self.start_tokens) / elapsed  # this process's work only
+        phases = {f"{k}_seconds": v for k, v in sorted(self.meter.phase_seconds.items())}
+        runtime = {"train_seconds": elapsed - sum(phases.values()), **phases,
+                   **device_info(self.device, ctx.world)}
+        if runtime["train_seconds"] > 0 and state["tokens"] > self.start_tokens:
+            # the training steps' time only: validation, probe and checkpoint time are reported apart above
+            runtime["tokens_per_sec"] = (state["tokens"] - self.start_tokens) / runtime["train_seconds"]
             if self.peak:
-                result["mfu"] = (self.model_cfg.flops_per_token(self.cfg.seq_len) * result["tokens_per_sec"]
-                                 / (self.peak * ctx.world))
+                runtime["mfu"] = (self.model_cfg.flops_per_token(self.cfg.seq_len) * runtime["tokens_per_sec"]
+                                  / (self.peak * ctx.world))
         # the best weights are already on disk; gathering the live ones (a collective under FSDP) is for `last` only
         weights = None if use_best else distributed.model_state(self.model, ctx)
         if ctx.is_main:
@@ -419,7 +452,7 @@ class Trainer:
             checkpoint.save_final(self.job.out_dir, self.model_cfg, weights, result, self.model_info)
         self.tracker.close()
         distributed.barrier(ctx)
-        return result
+        return {**result, RUNTIME: runtime}
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, parallel: ParallelConfig, job: Job) -> dict:

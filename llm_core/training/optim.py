@@ -3,7 +3,8 @@
 Weight decay applies to 2-D weight matrices only: decaying norms' gains or embeddings pulls them toward zero for no
 regularisation benefit. Muon orthogonalises the update of hidden 2-D matrices; embeddings, the output head and
 the gains stay with AdamW (Muon's update is only meaningful for matrices that act as linear maps between hidden
-spaces). `adjust_lr_fn="match_rms_adamw"` scales Muon's update to AdamW's RMS so one `lr` serves both.
+spaces). Muon is `llm_core.training.muon.Muon`: torch.optim.Muon's update, batched over same-shape matrices.
+`adjust_lr_fn="match_rms_adamw"` scales Muon's update to AdamW's RMS so one `lr` serves both.
 The schedule is a pure function of the step, so resuming needs no scheduler state beyond the step counter.
 """
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from llm_core.config import TrainConfig
+from llm_core.training.muon import Muon
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> tuple[list, list, list, list]:
@@ -46,7 +48,7 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str,
     # fused AdamW is one kernel per step on CUDA; on CPU foreach is the fast path
     fused = device_type == "cuda"
     adam_groups = [{"params": embed, "weight_decay": 0.0}, {"params": flat, "weight_decay": 0.0}]
-    # the experts' stacked (E, out, in) weights stay with AdamW under Muon too: torch.optim.Muon takes 2-D matrices
+    # the experts' stacked (E, out, in) weights stay with AdamW under Muon too: Muon takes 2-D matrices
     adam_groups.insert(0, {"params": stacked, "weight_decay": cfg.weight_decay})
     if cfg.optimizer == "adamw":
         adam_groups.insert(0, {"params": hidden, "weight_decay": cfg.weight_decay})
@@ -63,7 +65,7 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, device_type: str,
         make(torch.optim.AdamW, adam_groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=fused or None,
              foreach=None if fused else True)]
     if cfg.optimizer == "muon" and hidden:
-        optimizers.insert(0, make(torch.optim.Muon, hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.95,
+        optimizers.insert(0, make(Muon, hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.95,
                                   nesterov=True, adjust_lr_fn="match_rms_adamw"))
     for opt in optimizers:
         for g in opt.param_groups:

@@ -65,7 +65,8 @@ def plan_lines(model_cfg: ModelConfig, cfg: TrainConfig, parallel: ParallelConfi
     epochs = cfg.steps * cfg.batch_size * accum * world / rows
     lines = [
         f"{desc} dry run (nothing is written)",
-        f"  model            {model_cfg.preset} {model_cfg.n_layers}x{model_cfg.d_model}, {model_cfg.n_heads} heads "
+        f"  model            {model_cfg.family or model_cfg.preset} {model_cfg.n_layers}x{model_cfg.d_model}, "
+        f"{model_cfg.n_heads} heads "
         f"({model_cfg.n_kv_heads} kv), vocab {model_cfg.vocab_size}: {params:,} parameters",
         f"  FLOPs per token  {model_cfg.flops_per_token(cfg.seq_len):,.0f} (training, 6N + attention)",
         f"  tokens per step  {tokens_per_step:,} = {cfg.batch_size} x {cfg.seq_len} x {accum} accum x {world} ranks",

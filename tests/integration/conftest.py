@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dvc_run import DvcRun, run_pipeline
 from tests.helpers import ROOT, set_params, stage, tiny_params
 
 
@@ -27,3 +28,14 @@ def base(tmp_path_factory) -> Path:
 def repo(base, tmp_path) -> Path:
     """A copy of the base project that a test may change."""
     return Path(shutil.copytree(base, tmp_path / "repo"))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One tiny pipeline run through the real `dvc repro` in a git repository, shared by the tests of what DVC promises
+# (the pipeline test, failures that lose nothing, evaluation, reproduction, sharing); each works on its own copy
+# (tests/dvc_run.py `copy_run`).
+
+
+@pytest.fixture(scope="session")
+def dvc_run(tmp_path_factory) -> DvcRun:
+    return run_pipeline(tmp_path_factory.mktemp("dvc_run"))

@@ -1,9 +1,9 @@
 """One training run per (mode, optimizer) on tiny deterministic data; started by torchrun from test_distributed.py.
 
-Usage: python -m tests.integration.dist_worker OUT_DIR BATCH_SIZE MODE:OPTIMIZER[:moe][:EVAL_BATCHES] [...]
+Usage: python -m tests.integration.dist_worker OUT_DIR BATCH_SIZE MODE:OPTIMIZER[:moe][:global] [...]
 Each run writes OUT_DIR/<name>/ (final model) and OUT_DIR/<name>_live/ (curves), <name> = run_name(...); `:moe` trains
-the mixture-of-experts variant (latent attention, experts with loss-free balancing and recomputation), a number sets
-eval_batches.
+the mixture-of-experts variant (latent attention, experts with loss-free balancing and recomputation); `:global` is
+the short run of GLOBAL: a global batch and a validation set given over all ranks, whatever their number.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from llm_core.training.loop import Job, train
 from tests import helpers
 
 STEPS = 10
+# 128 tokens per step over all ranks (1 process: 2 micro-batches of 4 rows; 2 ranks: 1 each) and 11 validation rows
+# over all ranks: the second global batch of 2 x 4 rows leaves rank 1 nothing to score
+GLOBAL = dict(steps=2, eval_every=1, global_batch_tokens=128, global_eval_tokens=11 * 16)
 
 
 def model_config(moe: bool = False) -> ModelConfig:
@@ -44,21 +47,20 @@ def job(out: Path, name: str) -> Job:
                token_bytes=np.ones(128, dtype=np.int64), data_fingerprint="dist", desc="pretrain")
 
 
-def run_name(mode: str, optimizer: str, eval_batches: int | None = None, moe: bool = False) -> str:
-    return f"{mode}-{optimizer}" + ("-moe" if moe else "") + (f"-e{eval_batches}" if eval_batches else "")
+def run_name(mode: str, optimizer: str, moe: bool = False, global_: bool = False) -> str:
+    return f"{mode}-{optimizer}" + ("-moe" if moe else "") + ("-global" if global_ else "")
 
 
 def main() -> None:
     out, batch_size, *runs = sys.argv[1:]
     for run in runs:
         mode, optimizer, *rest = run.split(":")
-        moe = "moe" in rest
-        eval_batches = next((int(r) for r in rest if r.isdigit()), None)
+        moe, global_ = "moe" in rest, "global" in rest
         kw = dict(activation_checkpointing="full") if moe else {}
-        if eval_batches:
-            kw["eval_batches"] = eval_batches
+        if global_:
+            kw.update(GLOBAL)
         train(model_config(moe), train_config(optimizer, int(batch_size), **kw), ParallelConfig(mode=mode),
-              job(Path(out), run_name(mode, optimizer, eval_batches, moe)))
+              job(Path(out), run_name(mode, optimizer, moe, global_)))
     distributed.teardown()
 
 

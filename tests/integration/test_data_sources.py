@@ -104,6 +104,18 @@ def test_url_source_writes_the_dataset(serve, tmp_path, monkeypatch):
     assert next(sources.iter_texts(tmp_path / "raw", "train")).startswith("document number 0")
 
 
+def test_a_url_without_sha256_records_the_one_it_read_and_says_so(serve, tmp_path, monkeypatch, capsys):
+    server = serve()
+    monkeypatch.chdir(tmp_path)
+    info = sources.write_dataset("pretrain", DataConfig(source="url", url=server.url), tmp_path / "raw")
+    digest = hashlib.sha256(BODY).hexdigest()
+    # in info.json, an output DVC hashes: dvc.lock pins the bytes read, and other bytes later show up as a change
+    assert info["sha256"] == digest and info["url"] == server.url
+    assert json.loads((tmp_path / "raw/info.json").read_text())["sha256"] == digest
+    said = capsys.readouterr().out
+    assert said.count(f"data.url has no sha256; read {digest}") == 1 and f"data.sha256: {digest}" in said
+
+
 def hf_data(kind: str, path, **kw) -> DataConfig:
     src = SourceConfig(source="hf", hf_path=str(path), **kw)
     if kind == "pretrain":

@@ -88,18 +88,22 @@ def test_ddp_zero1_fsdp_match_one_process(reference, tmp_path):
     assert "tok_emb.weight" in blob["optimizers"][0]["state"]
 
 
-def test_every_rank_runs_the_same_validation_batches_under_fsdp(tmp_path):
-    """62 validation rows = 7 global batches of 2 x 4 and 6 rows over: rank 0 could fill an 8th batch and rank 1
-    not, and FSDP would wait forever in the all-gather of rank 0's extra forward. Every rank now scores the same
-    whole global batches, the same rows as one process with batch 8."""
+def test_validation_is_global_whatever_the_process_count(tmp_path):
+    """The same global batch (128 tokens: 1 process x 2 micro-batches of 4 rows, or 2 ranks x 4 rows) and the same
+    11 validation rows (`global_eval_tokens`, split across the ranks: the last global batch leaves rank 1 nothing,
+    so it scores a row with no target while rank 0 scores three) give the single process's val_loss and val_bpb in
+    every parallel mode. Validation counted per rank, two ranks scored twice the rows of one process."""
+    modes = ("ddp", "zero1", "fsdp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "tests.integration.dist_worker", str(tmp_path), "4", "fsdp:adamw:100"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=180)
+           "-m", "tests.integration.dist_worker", str(tmp_path), "4", *(f"{m}:adamw:global" for m in modes)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    single = W.train_config("adamw", 8, eval_batches=100)
-    ref = train(W.model_config(), single, ParallelConfig(), W.job(tmp_path, "single-e100"))
-    got = json.loads((tmp_path / W.run_name("fsdp", "adamw", 100) / "train_info.json").read_text())
-    assert got["val_loss"] == pytest.approx(ref["val_loss"], abs=1e-5)
+    single = train(W.model_config(), W.train_config("adamw", 4, **W.GLOBAL), ParallelConfig(),
+                   W.job(tmp_path, "single-global"))
+    for mode in modes:
+        got = json.loads((tmp_path / W.run_name(mode, "adamw", global_=True) / "train_info.json").read_text())
+        for key in ("val_loss", "val_bpb"):
+            assert got[key] == pytest.approx(single[key], abs=1e-6), (mode, key, got[key], single[key])
 
 
 @pytest.mark.slow
@@ -142,14 +146,14 @@ def test_two_nodes_with_c10d_rendezvous_match_one_process(reference, tmp_path):
     assert_same_run(tmp_path, "ddp-adamw", reference / "none-adamw")
 
 
-TINY = tiny_params(pretrain={"steps": 4, "eval_every": 2, "eval_batches": 1000, "checkpoint_every": 2,
+TINY = tiny_params(pretrain={"steps": 4, "eval_every": 2, "global_eval_tokens": 10**6, "checkpoint_every": 2,
                              "warmup_steps": 1, "global_batch_tokens": 512},
                    parallel={"mode": "fsdp", "nproc": 2})
 
 
 @pytest.mark.slow
 def test_dvc_repro_pretrain_with_fsdp_on_two_cpu_processes(tmp_path):
-    # eval_batches past the validation rows: every validation pass ends on a partial global batch
+    # global_eval_tokens past the validation rows: every validation pass ends on a partial global batch
     pipeline_copy(tmp_path, TINY)
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "pretrain"], cwd=tmp_path, env=env(),
                           capture_output=True, text=True, timeout=400)

@@ -1,4 +1,5 @@
-"""bench/gpu_suite.py: the whole suite in its tiny CPU mode, and how it keeps the finished parts when one fails."""
+"""bench/gpu_suite.py: the whole suite in its tiny CPU mode on a machine without the DVC stack (an offline GPU node
+has only the GPU stack), everything it writes under --out, and how it keeps the finished parts when one fails."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ import pytest
 
 from tests.helpers import ROOT
 
-PARTS = ["env", "attention_hd64", "attention_hd128", "train_step", "train_step_triton", "decode", "pretrain_stage"]
+PARTS = ["env", "train_step", "attention_hd64", "attention_hd128", "optimizer", "pretrain_stage", "decode",
+         "train_step_triton"]
+# not installed on an offline GPU node (only torch, triton, transformers, safetensors, tiktoken, tokenizers, pyarrow,
+# pyyaml, psutil and their dependencies): importing any of them must fail there, as it does in the test
+NOT_ON_A_GPU_NODE = ("dvc", "dvc_data", "dvclive", "datasets", "starlette", "uvicorn")
 
 
 def _suite():
@@ -26,16 +31,32 @@ def _suite():
     return module
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+def offline_node_env(folder: Path) -> dict:
+    """An environment in which the packages a GPU node lacks cannot be imported: a package of each name, first on
+    PYTHONPATH (so every child process inherits it), whose import raises ModuleNotFoundError."""
+    for name in NOT_ON_A_GPU_NODE:
+        (folder / name).mkdir(parents=True)
+        (folder / name / "__init__.py").write_text(
+            f'raise ModuleNotFoundError("No module named {name!r} (not installed on this GPU node)", name={name!r})\n')
+    return dict(os.environ, PYTHONPATH=str(folder))
+
+
+def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "bench/gpu_suite.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=7200, env=env)
 
 
 @pytest.mark.slow
-def test_tiny_suite_runs_every_part_end_to_end(tmp_path):
-    out = tmp_path / "suite.json"
-    proc = _run("--tiny", "--out", str(out))
+def test_tiny_suite_runs_every_part_end_to_end_without_the_dvc_stack(tmp_path):
+    env = offline_node_env(tmp_path / "offline")
+    for name in NOT_ON_A_GPU_NODE:  # the shim works: none of them imports
+        probe = subprocess.run([sys.executable, "-c", f"import {name}"], env=env, capture_output=True, text=True)
+        last = probe.stderr.strip().splitlines()[-1]
+        assert probe.returncode == 1 and last.startswith(f"ModuleNotFoundError: No module named '{name}'"), last
+    folder = tmp_path / "suite"
+    proc = _run("--tiny", "--out", str(folder), env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    out = folder / "gpu_suite.json"
     report = json.loads(out.read_text())
     assert report["mode"] == "tiny" and list(report["parts"]) == PARTS
     assert {k: v["status"] for k, v in report["parts"].items()} == dict.fromkeys(PARTS, "ok")
@@ -47,6 +68,10 @@ def test_tiny_suite_runs_every_part_end_to_end(tmp_path):
         assert row["head_dim"] == hd and row["numerics_ok"]
         assert row["ratio_fwd"] > 0 and row["ratio_fwd_bwd"] > 0
         assert row["err_out_ours"] < 1e-4 and row["err_grad_ours"] < 1e-4  # fp32 through the interpreter
+        tuned = res[f"attention_hd{hd}"]["tuning"][str(hd)]  # every candidate of every kernel ran, the winner is sound
+        assert tuned["numerics_ok"] and set(tuned["launch_configs"]) == {"fwd", "dkdv", "dq"}
+        assert all("ms" in c for k in tuned["kernels"].values() for c in k["candidates"])
+    assert res["optimizer"]["ops"]["ours"]["kernels"] < res["optimizer"]["ops"]["torch"]["kernels"]
     step = res["train_step"]
     assert step["ours"]["tokens_per_sec"] > 0 and step["hf_llama"]["tokens_per_sec"] > 0 and step["ratio"] > 0
     assert res["train_step_triton"]["attention"] == "triton" and res["train_step_triton"]["ours"]["tokens_per_sec"] > 0
@@ -61,16 +86,20 @@ def test_tiny_suite_runs_every_part_end_to_end(tmp_path):
 
     # the versions and one table per section on stdout; every part's output in the log
     for text in ("torch 2.", "triton", "Attention, fp32 causal", "Training step: tiny", "Decoding: tiny",
-                 "Pretrain stage: tiny"):
+                 "Pretrain stage: tiny", "Kernel block sizes tuned", "Muon step"):
         assert text in proc.stdout, text
-    log = out.with_suffix(".log").read_text()
+    log = (folder / "gpu_suite.log").read_text()
     assert all(f"===== {name}:" in log for name in PARTS)
+    assert f"{sys.executable} " in log  # the parts run with the suite's interpreter, not whatever `python` is
+    # everything under --out: results, log, caches, scratch (the stage benchmark's project folder, removed)
+    assert {p.name for p in folder.iterdir()} <= {"gpu_suite.json", "gpu_suite.log", "cache", "tmp"}
+    assert not list((folder / "tmp").iterdir())
 
     # a second run with --resume keeps every finished part and runs only the env part again
-    again = _run("--tiny", "--resume", "--out", str(out))
+    again = _run("--tiny", "--resume", "--out", str(folder), env=env)
     assert again.returncode == 0, again.stdout[-3000:]
     resumed = json.loads(out.read_text())
-    assert "kept attention_hd64, attention_hd128" in again.stdout
+    assert "kept train_step, attention_hd64, attention_hd128" in again.stdout
     assert all(resumed["parts"][k] == report["parts"][k] for k in PARTS[1:])
 
 
@@ -166,16 +195,28 @@ def test_sigterm_to_the_suite_ends_the_running_part_and_records_it(tmp_path):
     assert _wait_gone(int(pid_file.read_text()))
 
 
-def test_quick_is_a_subset_of_the_full_suite_with_tighter_limits():
+def test_quick_is_a_subset_of_the_full_suite_and_every_plan_fits_its_budget():
     suite = _suite()
     full = {s.name: s for s in suite.plan("full")}
     quick = {s.name: s for s in suite.plan("quick")}
-    assert list(full) == PARTS[1:] and list(quick) == ["attention_hd64", "attention_hd128", "train_step", "decode"]
+    assert list(full) == PARTS[1:-1] and list(quick) == ["train_step", "attention_hd64", "attention_hd128"]
     assert all(quick[k].limit_s <= full[k].limit_s for k in quick)
     assert suite.BUDGET_S["full"] == 8 * 60 and suite.BUDGET_S["quick"] == 3 * 60
+    # the limits, env included, add up to at most the budget: a cold run gives every part its whole limit
+    for mode, row in suite.budget_table().items():
+        assert row["total_s"] <= row["budget_s"], (mode, row)
+        assert list(row["limits_s"]) == ["env", *(s.name for s in suite.plan(mode))]
     assert [s.name for s in suite.plan("full", only=["decode"])] == ["decode"]
-    # every command names a benchmark of bench/ that exists
-    assert all(Path(s.argv[1]).is_file() for mode in ("full", "quick", "tiny") for s in suite.plan(mode))
+    assert [s.name for s in suite.plan("full", only=["train_step_triton"])] == ["train_step_triton"]  # opt-in
+    assert [s.name for s in suite.plan("tiny")] == PARTS[1:]
+    # every command names a benchmark of bench/ that exists, run by this interpreter
+    assert all(Path(s.argv[1]).is_file() and s.argv[0] == sys.executable
+               for mode in ("full", "quick", "tiny") for s in suite.plan(mode))
+
+
+def test_out_is_a_folder(tmp_path):
+    proc = _run("--out", str(tmp_path / "suite.json"))
+    assert proc.returncode == 2 and "--out is a folder" in proc.stderr
 
 
 def test_render_shows_a_failed_part_and_the_sections_it_has(tmp_path):

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import (HELLASWAG_FIXTURE, hellaswag_task_yaml, offline_harness_env, pipeline_copy, project_env,
-                           run_ok, tiny_params)
+from tests.dvc_run import copy_run
+from tests.helpers import HELLASWAG_FIXTURE, hellaswag_task_yaml, offline_harness_env, project_env, run_ok
 from tests.pipeline_graph import params_report
-
 
 run = run_ok
 
@@ -28,27 +27,30 @@ def ran_stages(output: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    # the HellaSwag curve during pretraining is on (steps 3 and 6)
-    return pipeline_copy(tmp_path_factory.mktemp("pipeline"), tiny_params(eval={"hellaswag_every": 3}))
+def repo(dvc_run, tmp_path_factory) -> Path:
+    """A copy of the tiny pipeline run by `dvc repro` (conftest `dvc_run`, shared with the tests of DVC's promises)."""
+    return copy_run(dvc_run, tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 @pytest.mark.slow
-def test_repro_end_to_end_then_incremental(repo: Path, tmp_path: Path):
+def test_repro_end_to_end_then_incremental(dvc_run, repo: Path):
     dvc = [sys.executable, "-m", "dvc"]
-    trace = tmp_path / "params_read.jsonl"
-    out = run(dvc + ["repro"], repo, LLM_CORE_TRACE_PARAMS=str(trace))
-    assert set(ran_stages(out)) == {"download_pretrain", "download_sft", "download_hellaswag", "train_tokenizer",
-                                    "tokenize", "tokenize_sft", "pretrain", "sft", "eval_hellaswag", "eval_text",
-                                    "eval_harness", "eval_chat", "sample"}
+    assert set(ran_stages(dvc_run.output)) == {
+        "download_pretrain", "download_sft", "download_hellaswag", "download_probe", "import_model", "train_tokenizer",
+        "tokenize", "tokenize_sft", "pretrain", "sft", "eval_hellaswag", "eval_text", "eval_harness", "eval_chat",
+        "sample"}
     # every params key a stage read while running is declared for it in dvc.yaml
-    missing, unused = params_report(trace, repo / "dvc.yaml")
+    missing, unused = params_report(dvc_run.trace, repo / "dvc.yaml")
     assert not missing, "dvc.yaml is missing params:\n" + "\n".join(missing)
     print("\n".join(unused))  # keys of sources not used by this configuration (e.g. data.url): reported only
     pre = json.loads((repo / "metrics/pretrain.json").read_text())
     for key in ("train_loss", "val_loss", "val_bpb", "val_ppl", "val_token_acc", "entropy_floor_bpb", "unigram_bpb",
-                "tokens_per_sec", "best_step", "stopped_early"):
+                "best_step", "stopped_early"):
         assert key in pre, key
+    # what differs from run to run is in the run-info files, which no stage declares as an output
+    runtime = json.loads((repo / "metrics/runtime/pretrain.json").read_text())
+    assert runtime["tokens_per_sec"] > 0 and runtime["train_seconds"] > 0 and "val_seconds" in runtime
+    assert "tokens_per_sec" not in pre
     assert pre["val_ppl"] == pytest.approx(2.718281828 ** pre["val_loss"], rel=1e-4)
     sft = json.loads((repo / "metrics/sft.json").read_text())
     assert {"train_loss", "val_loss", "val_ppl", "val_token_acc"} <= set(sft)
@@ -70,7 +72,8 @@ def test_repro_end_to_end_then_incremental(repo: Path, tmp_path: Path):
     assert chat["num_items"] == 20 and 0 <= chat["accuracy"] <= 1 and "accuracy_stated_pet" in chat
     samples = json.loads((repo / "metrics/samples.json").read_text())
     n_prompts = len(read_params(repo)["sample"]["prompts"]) + len(read_params(repo)["sample"]["chat_prompts"])
-    assert samples["num_samples"] == n_prompts and samples["tokens_per_sec"] > 0
+    assert samples["num_samples"] == n_prompts
+    assert json.loads((repo / "metrics/runtime/sample.json").read_text())["tokens_per_sec"] > 0
     assert all(s["output"] for s in samples["samples"])
     assert (repo / "models/pretrain/model.safetensors").exists()
     assert (repo / "dvclive/pretrain/plots/metrics/train/loss.tsv").exists()

@@ -1,8 +1,11 @@
 """`dvc plots show` / `dvc plots diff` pages render with no network: the page template inlines Vega, Vega-Lite and
-Vega-Embed. Checked in a real headless Chromium whose network is cut (every request goes to a dead proxy)."""
+Vega-Embed. Checked in a real headless Chromium whose network is cut (every request goes to a dead proxy): every
+chart that dvc.yaml's top-level `plots:` defines shows its title and axis labels and draws one line per curve file
+(per revision, in a diff)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -10,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import ROOT, pipeline_copy, run_ok
 
@@ -17,27 +21,48 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install -y chromium")
 
 
-def rendered_lines(page: Path, rev: str = "") -> int:
-    """Lines (of revision `rev`, if given) drawn in the page's SVG charts after its scripts ran, with no network."""
+PLOTS = [next(iter(p.items())) for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]]
+
+
+def rendered(page: Path) -> str:
+    """The page's DOM after its scripts ran, with no network."""
     dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
                           "--proxy-bypass-list=<-loopback>", "--virtual-time-budget=15000", "--dump-dom",
                           page.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    body = dom[dom.find("<body"):]
+    return dom[dom.rfind("<body"):]
+
+
+def lines(html: str, rev: str = "") -> int:
+    """Lines (of revision `rev`, if given) drawn in `html`'s SVG charts."""
     # a drawn line: a path of role "line mark" through several points ("M x,y L x,y ..."), labelled with its revision
     return len(re.findall(r'<path aria-label="[^"]*rev: [^"]*' + re.escape(rev) + r'[^"]*"[^>]*'
-                          r'aria-roledescription="line mark" d="M[^"]*L', body))
+                          r'aria-roledescription="line mark" d="M[^"]*L', html))
 
 
-def curves(repo: Path, losses: list[float]) -> None:
-    live = repo / "dvclive/pretrain/plots/metrics/train"
-    live.mkdir(parents=True, exist_ok=True)
-    (live / "loss.tsv").write_text("step\tloss\n" + "".join(f"{i + 1}\t{v}\n" for i, v in enumerate(losses)))
+def charts(page: Path) -> dict[str, str]:
+    """Chart id -> its rendered part of the page (DVC gives each plot a div named after its id)."""
+    parts = re.split(r'<div id="([\w-]+)"', rendered(page))
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def rendered_lines(page: Path, rev: str = "") -> int:
+    return lines(rendered(page), rev)
+
+
+def curves(repo: Path, scale: float) -> None:
+    """Five points in every curve file a chart of dvc.yaml reads, as a training run writes them (`step`, then a
+    column named after the file); `scale` makes one run's curves differ from another's."""
+    for _, spec in PLOTS:
+        for path, column in spec["y"].items():
+            tsv = repo / path
+            tsv.parent.mkdir(parents=True, exist_ok=True)
+            tsv.write_text(f"step\t{column}\n" + "".join(f"{s}\t{scale / s}\n" for s in (10, 20, 30, 40, 50)))
 
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
     repo = pipeline_copy(tmp_path / "repo", {})
-    curves(repo, [5.0, 4.0, 3.2, 2.9, 2.5])
+    curves(repo, 5.0)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(git + ["add", "-A"], cwd=repo, check=True, capture_output=True)
     subprocess.run(git + ["commit", "-qm", "first run"], cwd=repo, check=True, capture_output=True)
@@ -56,16 +81,34 @@ def test_template_is_the_generator_output(tmp_path, monkeypatch):
     assert "{plot_divs}" in page and "{scripts}" not in page and "cdn." not in page.split("<script")[0]
 
 
+def test_charts_have_titles_labels_and_readable_scales():
+    assert len(PLOTS) >= 6
+    for name, spec in PLOTS:
+        assert spec.get("title") and spec.get("x_label") and spec.get("y_label"), name
+    log_scaled = {name for name, spec in PLOTS if spec.get("template") == "log_lines"}
+    assert {"pretrain_loss", "sft_loss", "val_bpb", "grad_norm"} <= log_scaled
+    template = json.loads((ROOT / ".dvc/plots/log_lines.json").read_text())
+    assert template["encoding"]["y"]["scale"]["type"] == "log"
+    # train and validation loss of a stage on one chart
+    for stage in ("pretrain", "sft"):
+        assert set(dict(PLOTS)[f"{stage}_loss"]["y"]) == {f"dvclive/{stage}/plots/metrics/{s}/loss.tsv"
+                                                           for s in ("train", "val")}
+
+
 @needs_browser
 def test_plots_show_and_diff_render_without_network(repo):
     dvc = [sys.executable, "-m", "dvc"]
     run_ok(dvc + ["plots", "show", "-o", "show"], repo)
-    assert rendered_lines(repo / "show/index.html", "workspace") >= 1
-    curves(repo, [5.5, 4.5, 3.0, 2.2, 2.0])  # a second run in the workspace, compared with the commit
+    shown = charts(repo / "show/index.html")
+    assert set(shown) == {name for name, _ in PLOTS}
+    for name, spec in PLOTS:
+        for text in (spec["title"], spec["x_label"], spec["y_label"]):
+            assert f">{text}</text>" in shown[name], (name, text)
+        assert lines(shown[name], "workspace") == len(spec["y"]), name  # one line per curve file
+    curves(repo, 4.0)  # a second run in the workspace, compared with the commit
     run_ok(dvc + ["plots", "diff", "HEAD", "-o", "diff"], repo)
-    # one line per revision: the commit's and the workspace's
-    assert rendered_lines(repo / "diff/index.html", "HEAD") >= 1
-    assert rendered_lines(repo / "diff/index.html", "workspace") >= 1
+    for name, html in charts(repo / "diff/index.html").items():  # each curve for each revision
+        assert lines(html, "HEAD") == lines(html, "workspace") == len(dict(PLOTS)[name]["y"]), name
 
 
 @needs_browser

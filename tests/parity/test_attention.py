@@ -16,7 +16,7 @@ _TRITON_TOO_EARLY = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET
 if CPU_INTERPRETER:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from llm_core.model.attention import BACKENDS, attention  # noqa: E402
+from llm_core.model.attention import BACKENDS, attention, naive_attention  # noqa: E402
 
 try:
     from llm_core.model.attention import flash  # noqa: E402
@@ -199,6 +199,41 @@ def test_flash_kernel_non_contiguous_inputs():
         assert _max_err(o, r) <= 1e-4
 
 
+@needs_triton
+@pytest.mark.parametrize("causal,seq_q", [(True, 40), (False, 40), (True, 17)])
+def test_flash_kernel_under_other_block_sizes(causal, seq_q):
+    """A tuning candidate (blocks of 32 x 16 instead of the interpreter's 16 x 16, GQA, ragged tails, a chunked
+    prefill) computes the same attention: the tuner may only choose among correct configs."""
+    from llm_core.model.attention import flash_config
+
+    q, k, v, do = _inputs(1, 4, 2, seq_q, 40, 32, torch.float32)
+    other = {kernel: {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1} for kernel in flash_config.KERNELS}
+    with flash_config.launch_override(other):
+        assert flash_config.launch_config(32, 4, on_gpu=False)["dkdv"] == other["dkdv"]
+        ours = _forward_backward(lambda q, k, v: flash.flash_attention(q, k, v, causal=causal), q, k, v, do)
+    assert flash_config.launch_config(32, 4, on_gpu=False)["dkdv"]["BLOCK_M"] == 16  # restored on exit
+    ref = _forward_backward(lambda q, k, v: _reference(q, k, v, causal), q, k, v, do, dtype=torch.float64)
+    for o, r in zip(ours, ref):
+        assert _max_err(o, r) <= 1e-4
+
+
+def test_launch_table_covers_the_gpu_cases_and_tuning_starts_from_it(monkeypatch):
+    from llm_core.model.attention import flash_config as fc
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # read at each call: the GPU table, not the interpreter's blocks
+    for head_dim in flash.SUPPORTED_HEAD_DIMS if flash is not None else (32, 64, 128):
+        for size in (2, 4):
+            cfg = fc.launch_config(head_dim, size, on_gpu=True)
+            assert set(cfg) == {"fwd", "dkdv", "dq", "pre"}
+    assert fc.launch_config(128, 2, on_gpu=True)["fwd"] == fc.LAUNCH_CONFIGS[(128, 2)]["fwd"]
+    for head_dim, kernels in fc.TUNE_CANDIDATES.items():
+        for kernel, candidates in kernels.items():
+            assert candidates[0] == fc.LAUNCH_CONFIGS[(head_dim, 2)][kernel]  # the table is always a candidate
+    with pytest.raises(ValueError, match="unknown kernels"):
+        with fc.launch_override({"bwd": {}}):
+            pass
+
+
 # --------------------------------------------------------------------------------------------
 # (3) determinism: no atomics, fixed accumulation order
 # --------------------------------------------------------------------------------------------
@@ -274,6 +309,30 @@ def test_flash_on_cpu_without_interpreter_explains_itself(monkeypatch):
 # --------------------------------------------------------------------------------------------
 # (5) real GPU: model-sized shapes, longer sequences, more repetitions
 # --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "rows", "heads"])
+@pytest.mark.parametrize("kv_heads,v_dim", [(2, 32), (1, 32), (4, 16)], ids=["gqa", "mqa", "v_dim_16"])
+@pytest.mark.parametrize("batch", [1, 16], ids=["sdpa", "bmm"])  # 4 or 64 (row, head) pairs
+def test_one_query_on_the_cpu_matches_the_definition(batch, kv_heads, v_dim, mask_kind):
+    # the decode step's paths on the CPU (SDPA for few (row, head) pairs, two bmm over batch x kv heads for many),
+    # keys read from a cache slice as the engine does: a (batch, kv, max_len, d) buffer cut to the filled length
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(batch, 4, 1, 32, generator=g)
+    k = torch.randn(batch, kv_heads, 64, 32, generator=g)[:, :, :40]
+    v = torch.randn(batch, kv_heads, 64, v_dim, generator=g)[:, :, :40]
+    lengths = torch.tensor([40, 7, 23, 1, 39, 12, 40, 2] * 2)[:batch]
+    mask = None
+    if mask_kind == "rows":  # ragged rows: each sees its own filled part
+        mask = (torch.arange(40) < lengths[:, None])[:, None, None]  # (batch, 1, 1, 40)
+    elif mask_kind == "heads":  # one mask per head
+        mask = torch.rand(batch, 4, 1, 40, generator=g) > 0.3
+        mask[..., 0] = True
+    got = attention(q, k, v, causal=True, backend="sdpa", mask=mask)
+    ref = naive_attention(q.double(), k.double(), v.double(), causal=True, mask=mask)
+    assert got.shape == (batch, 4, 1, v_dim) and _max_err(got, ref) <= 2e-6
+    bf16 = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True, mask=mask)
+    assert bf16.dtype == torch.bfloat16 and _max_err(bf16, ref) <= 0.03
 
 
 @pytest.mark.gpu

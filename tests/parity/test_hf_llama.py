@@ -119,7 +119,7 @@ def test_import_refuses_what_it_cannot_represent(exported, tmp_path):
     folder = tmp_path / "scaled"
     export.main([str(root / "sft"), str(folder)])
     cfg = json.loads((folder / "config.json").read_text())
-    cfg["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0}
+    cfg["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0}
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="RoPE scaling 'llama3' is not supported"):
+    with pytest.raises(ValueError, match="RoPE scaling 'yarn' is not supported"):
         export.import_hf(folder)

@@ -99,7 +99,9 @@ def test_dvc_yaml_params_and_paths_resolve():
         for dep in stage["deps"]:
             dep = dep.replace("${eval.model}", params["eval"]["model"]).replace("${sample.model}",
                                                                                 params["sample"]["model"])
-            if dep.startswith(("stages/", "llm_core/")):
+            dep = dep.replace("${model.init_path}", params["model"]["init_path"])
+            # code, or the folder of an open model (an input from outside: the default is the committed hf/)
+            if dep.startswith(("stages/", "llm_core/")) or dep == params["model"]["init_path"]:
                 assert os.path.exists(dep), f"stage {name}: missing code dep {dep}"
             else:
                 assert any(dep == o or dep.startswith(o + "/") for o in outs), f"stage {name}: {dep} has no producer"
@@ -108,3 +110,20 @@ def test_dvc_yaml_params_and_paths_resolve():
         for m in stage.get("metrics", []):
             outs.add(next(iter(m)))
         assert f"stages.{name.split('_')[0]}" in stage["cmd"] or f"stages.{name}" in stage["cmd"]
+
+
+def test_open_model_params(tmp_path):
+    params = load_params(write(tmp_path, "model:\n  init: hf\n  init_path: hf/x\ntokenizer:\n  source: hf\n"
+                                         "pretrain:\n  steps: 0\n  seq_len: 1024\neval:\n  model: init\n"))
+    assert params.model.init == "hf" and params.pretrain.steps == 0  # seq_len: checked against the folder's
+    with pytest.raises(ParamsError, match=r"pretrain\.steps: 0 \(import only\) needs model\.init: hf"):
+        load_params(write(tmp_path, "pretrain:\n  steps: 0\n"))
+    with pytest.raises(ParamsError, match=r"eval\.model: init reads the imported model .* model\.init is not hf"):
+        load_params(write(tmp_path, "eval:\n  model: init\n"))
+    with pytest.raises(ParamsError, match=r"model\.init must be one of , hf \(got 'yes'\)"):
+        load_params(write(tmp_path, "model:\n  init: 'yes'\n"))
+    with pytest.raises(ParamsError, match=r"tokenizer\.source must be train, hf or tiktoken"):
+        load_params(write(tmp_path, "tokenizer:\n  source: hf:SmolLM2\n"))
+    with pytest.raises(ParamsError, match=r"unknown key model\.qkv_bias"):  # set by an imported folder only
+        load_params(write(tmp_path, "model:\n  qkv_bias: true\n"))
+    assert "init" not in ModelConfig().resolved(300).to_dict()  # where weights come from is not architecture

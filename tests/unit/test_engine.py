@@ -1,14 +1,17 @@
-"""The batched engine: equal to one-at-a-time decoding, per-row settings and stops, rolling window, UTF-8 stream."""
+"""The batched engine: equal to one-at-a-time decoding, per-row settings and stops, rolling window, UTF-8 stream; its
+fused decode step equal to the model bit for bit, and one read from the device per step."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from llm_core.inference.engine import Engine, Request, run_batch
+from llm_core.inference.fused import FusedDecoder
 from llm_core.inference.generate import SamplingParams, generate, sample_rows
 from llm_core.inference.text import TextStream
-from llm_core.model.transformer import Transformer
+from llm_core.model.transformer import KVCache, Transformer
 from tests.helpers import tiny_model_config
 
 GREEDY = SamplingParams(max_new_tokens=16, temperature=0)
@@ -133,3 +136,84 @@ def test_batched_draws_follow_top_k_top_p_and_the_probabilities():
     freq = torch.bincount(draw(3, 1.0), minlength=5).float() / n  # top-3: renormalised 0.45 / 0.25 / 0.15
     assert torch.allclose(freq, torch.tensor([0.45, 0.25, 0.15, 0, 0]) / 0.85, atol=0.04)
     assert set(draw(0, 0.6).tolist()) == {0, 1}  # the nucleus that reaches 0.6
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the fused decode step and the host syncs of a step
+
+
+def _ragged_cache(model, lengths, dtype=torch.float32):
+    """A ragged cache whose rows hold `lengths` positions of random prompts, filled by the model itself."""
+    cache = KVCache.empty(model.cfg, len(lengths), model.cfg.max_seq_len, "cpu", dtype, ragged=True)
+    for b, n in enumerate(lengths):
+        model(torch.tensor([_prompts([n], seed=b)[0]]), cache.rows(b, b + 1))
+    return cache
+
+
+@pytest.mark.parametrize("arch", [{}, dict(qk_norm=True), dict(n_kv_heads=4), dict(n_kv_heads=1)],
+                         ids=["gqa", "qk-norm", "mha", "mqa"])
+@pytest.mark.parametrize("lengths", [[5, 17, 1, 9], [7, 7, 7], [3, 9, 1, 12, 5, 7, 2, 11] * 2],
+                         ids=["ragged", "in-step", "16-rows"])  # 16 rows x 4 heads: attention by bmm
+def test_fused_step_equals_the_model_bit_for_bit(arch, lengths):
+    model = _model(**arch)
+    tokens = torch.tensor(_prompts([len(lengths)], seed=9)[0])
+    ref_cache, cache = _ragged_cache(model, lengths), _ragged_cache(model, lengths)
+    with torch.inference_mode():
+        ref = model(tokens[:, None], ref_cache)[:, -1]  # the model's own ragged path
+    got = FusedDecoder(model)(tokens, cache, list(lengths))
+    assert torch.equal(got, ref)  # same ops where rounding could differ: the same bits
+    assert cache.lengths.tolist() == [n + 1 for n in lengths]
+    for (k1, v1), (k2, v2) in zip(ref_cache.layers, cache.layers):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+
+
+def test_fused_step_in_bf16_follows_the_model():
+    model = _model().to(torch.bfloat16)
+    lengths = [5, 17, 3]
+    tokens = torch.tensor(_prompts([3], seed=9)[0])
+    ref_cache, cache = _ragged_cache(model, lengths, torch.bfloat16), _ragged_cache(model, lengths, torch.bfloat16)
+    with torch.inference_mode():
+        ref = model(tokens[:, None], ref_cache)[:, -1]
+    got = FusedDecoder(model)(tokens, cache, lengths)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref.float(), atol=0.05, rtol=0.02)
+
+
+def test_latent_attention_and_experts_keep_the_models_forward():
+    mla = _model(attention_type="mla", kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
+    moe = _model(ffn="moe", n_experts=4, top_k=2, expert_hidden=32)
+    assert Engine(mla).decoder is None and Engine(moe).decoder is None and Engine(_model()).decoder is not None
+
+
+class _HostSyncs(TorchFunctionMode):
+    """Counts the tensor calls that make the host wait for the device (on CUDA): reading values back."""
+
+    READS = {"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero", "cpu", "numpy"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_decode_step_reads_from_the_device_once():
+    engine = Engine(_model(), max_batch=4)
+    hot = SamplingParams(max_new_tokens=12, temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.2)
+    for p, params in zip(_prompts([3, 8, 5, 12]), (GREEDY, hot, GREEDY, hot)):
+        engine.submit(Request(p, params, seed=3))
+    engine.step()  # admission: prompts prefilled (not a decode step)
+    counts = []
+    while engine.has_work():
+        with _HostSyncs() as syncs:
+            engine.step()
+        counts.append(syncs.count)
+    assert len(counts) >= 10 and max(counts) == 1, counts  # the drawn tokens, once per step
+
+    with _HostSyncs() as syncs:  # the counter sees what it must: a width left to sample_rows is read back
+        sample_rows(engine.logits[:2], engine.seen[:2], torch.ones(2), torch.full((2,), 5), torch.ones(2),
+                    torch.ones(2), [None, None], hot=[0, 1], penalise=False)
+    assert syncs.count == 1

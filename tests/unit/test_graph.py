@@ -48,8 +48,7 @@ ALLOWED = {  # what each part of the core may import (besides itself); imports g
     "data": BASE, "model": BASE,
     "inference": BASE | {"model", "data", "cli"},  # cli: llm-chat and llm-serve end on user mistakes as stages do
     "evaluation": BASE | {"model", "data", "inference", "distributed"},
-    "export": BASE | {"model", "data", "export_deepseek"},
-    "export_deepseek": BASE | {"model", "data", "export"},
+    "export": BASE | {"model", "data"},
     "training": BASE | {"model", "data", "inference", "evaluation", "distributed"},
 }
 

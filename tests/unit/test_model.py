@@ -34,6 +34,25 @@ def test_untied_and_qk_norm_counts():
     assert model.lm_head.weight is not model.tok_emb.weight
 
 
+def test_imported_options_count_and_decode():
+    # biases (Qwen2's q/k/v; Llama's attention_bias + mlp_bias) and Llama 3's RoPE scaling: off by default, and when
+    # on, counted by the config and consistent between the full pass and the KV cache
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 8}
+    for kw in (dict(qkv_bias=True), dict(qkv_bias=True, out_bias=True, mlp_bias=True), dict(rope_scaling=llama3)):
+        cfg = tiny_model_config(tie_embeddings=False, **kw)
+        model = Transformer(cfg).eval()
+        assert model.num_params() == cfg.num_params()
+        x = torch.randint(0, 512, (2, 20))
+        pieces, _ = decode_in_pieces(model, x)
+        torch.testing.assert_close(pieces, model(x), atol=1e-5, rtol=1e-5)
+    assert not any(n.endswith(".bias") for n, _ in Transformer(tiny_model_config()).named_parameters())
+    # wavelengths under original_max_position_embeddings / high_freq_factor (here 16) are kept, longer ones change
+    scaled = rope_tables(32, 64, 10000.0, dict(llama3, original_max_position_embeddings=64))
+    plain = rope_tables(32, 64, 10000.0)
+    assert torch.equal(scaled[0][:, :2], plain[0][:, :2]) and not torch.equal(scaled[0][:, 2:], plain[0][:, 2:])
+
+
 def test_residual_projections_are_scaled():
     model = Transformer(tiny_model_config(n_layers=8))
     assert model.layers[0].attn.wo.weight.std() < 0.5 * model.layers[0].attn.wq.weight.std()

@@ -4,7 +4,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from llm_core.model.moe import MoE, Router, experts_grouped, experts_loop, grouped_mm_runs, sequence_balance_loss
+from llm_core.config import PRESETS, ModelConfig
+from llm_core.model.moe import (MoE, Router, experts_grouped, experts_loop, grouped_mm_aligned, grouped_mm_runs,
+                                sequence_balance_loss)
 from llm_core.model.transformer import Transformer
 from llm_core.training.recompute import apply_activation_checkpointing
 from tests.helpers import tiny_model_config
@@ -93,3 +95,90 @@ def test_sequence_balance_loss_is_one_when_balanced_and_reaches_the_loop():
     aux = model.take_aux_loss()
     assert aux is not None and aux.requires_grad and aux.item() > 0
     assert model.take_aux_loss() is None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the grouped path on GPUs: widths torch._grouped_mm accepts, the autocast dtype, the same function as the loop
+
+
+def _preset_moe(preset: str) -> ModelConfig:
+    return ModelConfig(preset=preset, ffn="moe").resolved(2048)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_default_expert_width_meets_the_grouped_mm_alignment_rule(preset):
+    cfg = _preset_moe(preset)
+    active = cfg.ffn_hidden // (cfg.top_k + cfg.n_shared_experts)
+    assert cfg.expert_hidden % 64 == 0 and active <= cfg.expert_hidden < active + 64
+    assert grouped_mm_aligned(torch.bfloat16, cfg.d_model, cfg.expert_hidden)
+    # the same rule torch applies (its meta kernel runs the CUDA checks): the grouped path accepts these shapes in bf16
+    D, Fh, E = cfg.d_model, cfg.expert_hidden, cfg.n_experts
+    with torch.device("meta"):
+        x, idx = torch.empty(16, D, dtype=torch.bfloat16), torch.zeros(16, cfg.top_k, dtype=torch.long)
+        w = [torch.empty(E, Fh, D), torch.empty(E, Fh, D), torch.empty(E, D, Fh)]
+        assert experts_grouped(x, idx, torch.empty(16, cfg.top_k), *w).shape == (16, D)
+
+
+def test_alignment_rule_matches_torch_grouped_mm_checks():
+    """682 (124m's old default width) is rejected by torch's own check in bf16, 704 is accepted: our rule agrees."""
+    assert not grouped_mm_aligned(torch.bfloat16, 768, 682) and grouped_mm_aligned(torch.bfloat16, 768, 704)
+    assert grouped_mm_aligned(torch.float32, 768, 684) and not grouped_mm_aligned(torch.float32, 768, 682)
+    for width, ok in ((682, False), (704, True)):
+        with torch.device("meta"):
+            w = [torch.empty(8, width, 768), torch.empty(8, width, 768), torch.empty(8, 768, width)]
+            args = (torch.empty(4, 768, dtype=torch.bfloat16), torch.zeros(4, 2, dtype=torch.long), torch.empty(4, 2))
+        if ok:
+            experts_grouped(*args, *w)
+        else:
+            with pytest.raises(RuntimeError, match="16 bytes"):
+                experts_grouped(*args, *w)
+
+
+@pytest.mark.skipif(bool(GROUPED_SKIP), reason=GROUPED_SKIP or "ok")
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_grouped_equals_loop_at_every_preset_shape(preset):
+    """Real tensors at each preset's expert matrices (d_model x expert_hidden), fp32 and under bf16 autocast. Three
+    experts, top 2, keep the largest presets to seconds; the 8-expert shapes pass torch's checks above (meta)."""
+    cfg = _preset_moe(preset)
+    D, Fh, E, K = cfg.d_model, cfg.expert_hidden, 3, 2
+    gen = torch.Generator().manual_seed(0)
+    N = 24
+    x = torch.randn(N, D, generator=gen)
+    idx = torch.stack([torch.randperm(E, generator=gen)[:K] for _ in range(N)])
+    weights = torch.rand(N, K, generator=gen)
+    w = [torch.randn(E, Fh, D, generator=gen) * D**-0.5, torch.randn(E, Fh, D, generator=gen) * D**-0.5,
+         torch.randn(E, D, Fh, generator=gen) * Fh**-0.5]
+    torch.testing.assert_close(experts_grouped(x, idx, weights, *w), experts_loop(x, idx, weights, *w),
+                               atol=1e-5, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grouped, loop = experts_grouped(x, idx, weights, *w), experts_loop(x, idx, weights, *w)
+    assert grouped.dtype == loop.dtype == torch.float32  # the residual stream's dtype comes back
+    torch.testing.assert_close(grouped, loop, atol=2e-2, rtol=2e-2)  # bf16 matmuls, accumulated in another order
+
+
+def test_experts_run_in_the_autocast_dtype_and_auto_chooses_by_it(monkeypatch):
+    seen = []
+    real = torch._grouped_mm
+
+    def recording(a, b, **kw):
+        seen.append((a.dtype, b.dtype))
+        return real(a, b, **kw)
+
+    monkeypatch.setattr(torch, "_grouped_mm", recording)
+    x = torch.randn(2, 5, 64)
+    moe = MoE(tiny_model_config(**dict(MOE, expert_hidden=64)))
+    for p in moe.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = moe(x)
+    assert out.dtype == torch.float32 and seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+    assert moe.grouped_runs(x) is True  # fp32 input, so the path was chosen by the compute dtype
+    # a width the grouped kernel cannot take in bf16 (36 x 2 bytes is no multiple of 16): auto takes the loop
+    odd = MoE(tiny_model_config(**dict(MOE, expert_hidden=36)))
+    for p in odd.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert odd.grouped_runs(x) is False
+        odd(x)
+    assert not seen

@@ -6,6 +6,7 @@ import torch
 from llm_core.config import TrainConfig
 from llm_core.model.transformer import Transformer
 from llm_core.training import optim
+from llm_core.training.muon import Muon
 from tests.helpers import tiny_model_config
 
 
@@ -24,7 +25,7 @@ def test_groups_cover_each_parameter_once_and_decay_only_matrices():
 def test_muon_takes_hidden_matrices():
     model = Transformer(tiny_model_config())
     muon, adam = optim.build_optimizers(model, TrainConfig(optimizer="muon"), "cpu")
-    assert isinstance(muon, torch.optim.Muon) and isinstance(adam, torch.optim.AdamW)
+    assert isinstance(muon, Muon) and isinstance(adam, torch.optim.AdamW)
     hidden, _, embed, flat = optim.param_groups(model, 0.1)
     assert {id(p) for g in muon.param_groups for p in g["params"]} == {id(p) for p in hidden}
     x = torch.randint(0, 512, (2, 16))

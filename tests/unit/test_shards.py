@@ -5,6 +5,7 @@ import pytest
 
 from llm_core.config import DataConfig, SourceConfig
 from llm_core.data import shards, sources
+from llm_core.data.sources import parquet
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def grouped_raw(tmp_path_factory):
     """A corpus in many small row groups, so that a tokenize run has many tasks and shards."""
     root = tmp_path_factory.mktemp("grouped")
     mp = pytest.MonkeyPatch()
-    mp.setattr(sources, "ROWS_PER_GROUP", 16)
+    mp.setattr(parquet, "ROWS_PER_GROUP", 16)
     sources.write_dataset("pretrain", DataConfig(num_docs=300, val_fraction=0.1), root / "raw", rows_per_shard=100)
     mp.undo()
     return root / "raw"

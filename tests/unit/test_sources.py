@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pyarrow as pa
@@ -6,6 +7,8 @@ import pytest
 
 from llm_core.config import DataConfig, SourceConfig
 from llm_core.data import sources
+from llm_core.data.sources import parquet
+from llm_core.data.sources import text as decoding
 
 
 def local(paths, **kw):
@@ -110,7 +113,7 @@ def test_official_hellaswag_jsonl_keeps_its_schema(tmp_path):
 
 
 def test_shards_are_bounded_in_rows_and_bytes(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "ROWS_PER_GROUP", 8)
+    monkeypatch.setattr(parquet, "ROWS_PER_GROUP", 8)
     data = DataConfig(num_docs=300, val_fraction=0.01)
     sources.write_dataset("pretrain", data, tmp_path / "rows", rows_per_shard=50)
     parts = sorted((tmp_path / "rows" / "train").glob("*.parquet"))
@@ -125,14 +128,14 @@ def test_shards_are_bounded_in_rows_and_bytes(tmp_path, monkeypatch):
 
 
 def test_streamed_decoding_reports_the_offset_across_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "READ_BLOCK", 7)
+    monkeypatch.setattr(decoding, "READ_BLOCK", 7)
     f = tmp_path / "book.txt"
     f.write_bytes("é".encode() * 10 + b"ok \xff rest")  # a character cut by each block boundary, then a bad byte
     with pytest.raises(ValueError, match=r"byte 23 \(0xff\) is not valid utf-8; set data\.encoding"):
         sources.write_dataset("pretrain", local([f]), tmp_path / "out")
     text = "para one\nstill one\n\n\n para two \r\n\r\nthree"
     f.write_bytes(text.encode())
-    assert list(sources.chunk_lines(sources._lines(f, "utf-8", "pretrain"), max_chars=20)) == [
+    assert list(sources.chunk_lines(decoding.lines(f, "utf-8", "pretrain"), max_chars=20)) == [
         "para one\nstill one", "para two\n\nthree"]
 
 
@@ -143,4 +146,56 @@ def test_gzip_jsonl_and_inputs_recorded(tmp_path):
     f.write_bytes(gzip.compress(b'{"text": "zipped doc"}\n{"text": "another"}\n'))
     info = sources.write_dataset("pretrain", local([f], val_fraction=0.01), tmp_path / "out")
     assert info["docs_train"] == 2
-    assert info["inputs"] == [{"path": str(f), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}]
+    # content, not mtime: a clone or a copy of the same files records the same, so dvc.lock does not change
+    assert info["inputs"] == [{"path": str(f), "bytes": f.stat().st_size,
+                               "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pinned sources: what a source read is recorded in info.json (an output DVC hashes), so dvc.lock pins it
+
+
+class FakeHub:
+    """The two calls the hf source makes, answered offline: the hub resolves a revision to a commit sha, and the
+    dataset streams at a revision."""
+
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, monkeypatch):
+        import datasets
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        self.asked: dict = {}
+
+        def dataset_info(api, repo_id, revision=None, **kw):
+            self.asked["info"] = (repo_id, revision)
+            if revision == "no-such-tag":
+                err = RevisionNotFoundError.__new__(RevisionNotFoundError)
+                Exception.__init__(err, "404")
+                raise err
+            return type("Info", (), {"sha": self.COMMIT})()
+
+        def load_dataset(path, name=None, split=None, streaming=False, revision=None, **kw):
+            self.asked["load"] = (path, name, split, streaming, revision)
+            return [{"text": f"story {i}"} for i in range(30)]
+
+        monkeypatch.setattr(HfApi, "dataset_info", dataset_info)
+        monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+
+
+def test_hf_source_streams_the_commit_its_revision_resolves_to_and_records_it(tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    hub = FakeHub(monkeypatch)
+    data = DataConfig(source="hf", hf_path="someone/stories", hf_revision="v1.0", val_fraction=0.1)
+    info = sources.write_dataset("pretrain", data, tmp_path / "raw")
+    assert hub.asked["info"] == ("someone/stories", "v1.0")
+    # the rows are read at the resolved commit, not at the tag (which can move), and that commit is recorded
+    assert hub.asked["load"] == ("someone/stories", None, "train", True, FakeHub.COMMIT)
+    assert info["revision"] == FakeHub.COMMIT
+    assert json.loads((tmp_path / "raw/info.json").read_text())["revision"] == FakeHub.COMMIT
+    sources.write_dataset("pretrain", DataConfig(source="hf", hf_path="someone/stories"), tmp_path / "newest")
+    assert hub.asked["info"] == ("someone/stories", None)  # '' = the newest commit, resolved and recorded the same
+    with pytest.raises(ValueError, match=r"has no revision 'no-such-tag'; set data\.hf_revision to one of its"):
+        sources.write_dataset("pretrain", DataConfig(source="hf", hf_path="someone/stories",
+                                                     hf_revision="no-such-tag"), tmp_path / "bad")

@@ -300,5 +300,5 @@ def test_tokenizer_source_is_validated(tmp_path):
     from llm_core.config import ParamsError, load_params
 
     (tmp_path / "params.yaml").write_text("tokenizer:\n  source: gpt2\n")
-    with pytest.raises(ParamsError, match=r"tokenizer\.source must be train or tiktoken:<encoding>.*'gpt2'"):
+    with pytest.raises(ParamsError, match=r"tokenizer\.source must be train, hf or tiktoken:<encoding>.*'gpt2'"):
         load_params(tmp_path / "params.yaml")

@@ -105,7 +105,7 @@ def test_global_batch_tokens_derives_grad_accum(tmp_path):
 
 def test_metrics_carry_mfu_with_a_given_peak(tmp_path):
     res = train(tiny_model_config(), cfg(steps=2, eval_every=100, peak_flops=1e12), ParallelConfig(), job(tmp_path))
-    assert res["tokens_per_sec"] > 0 and 0 < res["mfu"] < 1
+    assert res["runtime"]["tokens_per_sec"] > 0 and 0 < res["runtime"]["mfu"] < 1
     rows = list(csv.DictReader(open(tmp_path / "run_live/plots/metrics/train/mfu.tsv"), delimiter="\t"))
     assert len(rows) == 2
 

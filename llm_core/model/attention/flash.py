@@ -15,6 +15,12 @@ seq_q != seq_k; arbitrary strides. fp32 inputs use IEEE fp32 dots (no TF32), so 
 PyTorch's default precision. Runs on CUDA, or on CPU under ``TRITON_INTERPRET=1`` (set before
 triton is imported) for testing.
 
+Launch configurations (block sizes, warps, pipeline stages per kernel and head dim) live in `flash_config.py`, fixed
+in code and tuned on a GPU by `bench/attention.py --tune`. Resources, compiled offline with triton 3.9 for sm_90
+(`bench/flash_compile.py`): the bf16 forward needs 80 KB of shared memory per program at head dim 64 and 128 KB at
+head dim 128, the backward kernels 41-64 KB; no spills. That fits H100/H200 (227 KB) and A100 (163 KB, where the
+forward needs 64 / 96 KB); sm_86/sm_89 parts (99 KB: L40S, RTX 4090) cannot launch the head-dim-128 forward.
+
 Measured on: not yet measured on a GPU; see bench/RESULTS.md.
 """
 
@@ -27,6 +33,9 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from .flash_config import interpreting as _interpreting
+from .flash_config import launch_config
 
 __all__ = ["flash_attention"]
 
@@ -376,40 +385,6 @@ def _attn_bwd_dq(
 # --------------------------------------------------------------------------------------------
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _launch_config(q: torch.Tensor, head_dim: int) -> dict[str, dict[str, int]]:
-    """Block sizes and pipelining per kernel.
-
-    Under the interpreter every program is simulated in numpy, so small blocks keep CPU tests
-    fast. The CUDA sizes target H100/H200 and were chosen from sm_90 compiles (ptxas -v): the
-    16-bit forward and the head_dim <= 64 backward do not spill; the head_dim 128 backward
-    spills ~100 bytes, less than any other tile shape tried that keeps 64 keys per program.
-    Shared memory stays under 72 KB, so every sm_80+ part fits. fp32 (twice the bytes per
-    tile) is the accuracy path and gets small tiles. Fixed rather than autotuned: seq_k grows
-    at every decode step, and re-tuning per length would cost more than it saves.
-    """
-    if _interpreting() or q.device.type != "cuda":
-        small = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
-        return {"fwd": small, "dkdv": small, "dq": small, "pre": {"BLOCK_M": 16}}
-    wide = head_dim > 64
-    warps = 8 if wide else 4
-    if q.element_size() == 4:
-        fwd = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": warps, "num_stages": 2}
-        dkdv = dq = {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": warps, "num_stages": 2}
-    elif wide:
-        fwd = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
-        dkdv = {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
-        dq = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2}
-    else:
-        fwd = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 4}
-        dkdv = {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
-        dq = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
-    return {"fwd": fwd, "dkdv": dkdv, "dq": dq, "pre": {"BLOCK_M": 64}}
-
-
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
@@ -438,7 +413,7 @@ class _FlashAttention(torch.autograd.Function):
         batch, num_heads, seq_q, head_dim = q.shape
         num_kv_heads, seq_k = k.shape[1], k.shape[2]
         group = num_heads // num_kv_heads
-        cfg = _launch_config(q, head_dim)
+        cfg = launch_config(head_dim, q.element_size(), q.is_cuda)
         dtypes = _dtype_args(q.dtype)
 
         o = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -465,7 +440,7 @@ class _FlashAttention(torch.autograd.Function):
         batch, num_heads, seq_q, head_dim = q.shape
         num_kv_heads, seq_k = k.shape[1], k.shape[2]
         group = num_heads // num_kv_heads
-        cfg = _launch_config(q, head_dim)
+        cfg = launch_config(head_dim, q.element_size(), q.is_cuda)
         dtypes = _dtype_args(q.dtype)
         if do.dtype != q.dtype:
             do = do.to(q.dtype)
