@@ -7,7 +7,7 @@ import torch
 
 from llm_core import cli
 from llm_core.config import load_params
-from llm_core.data import sources, synthetic
+from llm_core.data import sources, synthetic_chat
 from llm_core.data.tokenizer import Tokenizer
 from llm_core.evaluation.chat import score_reference, score_world
 from llm_core.files import write_json, write_metrics
@@ -30,7 +30,7 @@ def main() -> None:
     model = load_model(args.model, attention=params.model.attention).to(device).eval()
     n = params.eval.chat_items
     if params.data.sft.source == "synthetic":
-        items = synthetic.generate_chat_eval(params.data.seed + WORLD_SEED_OFFSET, n)
+        items = synthetic_chat.generate_chat_eval(params.data.seed + WORLD_SEED_OFFSET, n)
         metrics, replies = score_world(model, tok, items)
     else:
         convs = [rec["messages"] for rec in sources.read_dataset(args.sft, "val", "download_sft")][:n]

@@ -66,6 +66,7 @@ class DataConfig(SourceConfig):
     num_docs: int = 20000
     seed: int = 1234  # seeds the built-in world and the train/val split
     val_fraction: float = 0.02  # share of documents held out for validation
+    notes_every: int = 0  # synthetic: every n-th pretraining document is a note (pets and toys told, asked back)
     sft: SourceConfig = field(default_factory=lambda: SourceConfig(num_docs=4000))
     hellaswag: SourceConfig = field(default_factory=lambda: SourceConfig(num_docs=500, hf_split="validation"))
     # the in-training HellaSwag curve's own items: evaluating on other items (`hellaswag`) never retrains
@@ -76,6 +77,7 @@ class DataConfig(SourceConfig):
         self.sft.validate(f"{prefix}.sft")
         self.hellaswag.validate(f"{prefix}.hellaswag")
         self.probe.validate(f"{prefix}.probe")
+        _at_least(f"{prefix}.notes_every", self.notes_every, 0)
         if not 0.0 < self.val_fraction < 0.5:
             raise ParamsError(f"params.yaml: data.val_fraction must be in (0, 0.5) (got {self.val_fraction})")
 

@@ -42,7 +42,7 @@ def _replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
 
 @torch.no_grad()
 def score_world(model, tokenizer, items: list[dict], max_new_tokens: int = 32) -> tuple[dict, list[dict]]:
-    """Accuracy on graded items (synthetic.generate_chat_eval); also the replies, for inspection."""
+    """Accuracy on graded items (synthetic_chat.generate_chat_eval); also the replies, for inspection."""
     right: dict[str, list[int]] = defaultdict(list)
     replies = []
     for item, reply in zip(items, _replies(model, tokenizer, [it["messages"] for it in items], max_new_tokens)):

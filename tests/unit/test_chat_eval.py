@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llm_core.data import synthetic
+from llm_core.data import synthetic_chat
 from llm_core.evaluation import chat as chat_eval
 from llm_core.model.transformer import Transformer
 from tests.helpers import tiny_model_config
@@ -20,8 +20,8 @@ def test_a_reply_is_right_when_it_names_the_answer_and_nothing_contradicting():
 
 
 def test_eval_items_are_held_out_graded_and_cover_every_kind():
-    items = synthetic.generate_chat_eval(99, 45)
-    assert items == synthetic.generate_chat_eval(99, 45)  # seeded
+    items = synthetic_chat.generate_chat_eval(99, 45)
+    assert items == synthetic_chat.generate_chat_eval(99, 45)  # seeded
     kinds = {it["kind"] for it in items}
     assert kinds == {"color", "object", "pet", "animal", "place", "friend", "hero", "stated_pet", "stated_color",
                      "followup_new", "followup_earlier"}
@@ -32,12 +32,12 @@ def test_eval_items_are_held_out_graded_and_cover_every_kind():
         words = set(chat_eval._WORD.findall(" ".join(m["content"] for m in it["messages"] if m["role"] == "user")))
         assert set(it["required"]) <= words, it
         assert it["messages"][-1]["role"] == "user"
-    sft_questions = {m["content"] for conv in synthetic.generate_chats(100, 600) for m in conv if m["role"] == "user"}
+    sft_questions = {m["content"] for conv in synthetic_chat.generate_chats(100, 600) for m in conv if m["role"] == "user"}
     assert not sft_questions & {it["messages"][-1]["content"] for it in items if it["kind"] in ("color", "pet")}
 
 
 def test_score_world_counts_right_replies_by_kind(monkeypatch):
-    items = synthetic.generate_chat_eval(3, 18)
+    items = synthetic_chat.generate_chat_eval(3, 18)
     answers = [it["reference"] if i % 3 else "I do not know." for i, it in enumerate(items)]
     monkeypatch.setattr(chat_eval, "_replies", lambda *a, **k: answers)
     metrics, replies = chat_eval.score_world(None, None, items)
@@ -52,7 +52,7 @@ def test_batched_replies_equal_one_at_a_time_greedy(tokenizer):
 
     torch.manual_seed(0)
     model = Transformer(tiny_model_config(vocab_size=tokenizer.vocab_size)).eval()
-    convs = [it["messages"] for it in synthetic.generate_chat_eval(4, 5)]
+    convs = [it["messages"] for it in synthetic_chat.generate_chat_eval(4, 5)]
     convs = [[{"role": "user", "content": m[0]["content"][-60:]}] for m in convs]  # within the tiny context
     batched = chat_eval._replies(model, tokenizer, convs, max_new_tokens=6, max_batch=4)
     stops = sorted(set(tokenizer.special_ids.values()))

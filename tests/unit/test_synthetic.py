@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 
 from llm_core.data import synthetic as syn
+from llm_core.data import synthetic_chat as chat
 
 _C, _O, _A, _P = ("|".join(words) for words in (syn.COLORS, syn.OBJECTS, syn.ANIMALS, syn.PLACES))
 _HELLASWAG_KEYS = {"ind": int, "activity_label": str, "ctx_a": str, "ctx_b": str, "ctx": str, "endings": list,
@@ -50,8 +51,8 @@ def stories() -> list[syn._Story]:
 def test_deterministic_per_seed() -> None:
     assert syn.generate_stories(7, 50) == syn.generate_stories(7, 50)
     assert syn.generate_stories(7, 50)[0] != syn.generate_stories(8, 50)[0]
-    assert syn.generate_chats(7, 30) == syn.generate_chats(7, 30)
-    assert syn.generate_chats(7, 30) != syn.generate_chats(8, 30)
+    assert chat.generate_chats(7, 30) == chat.generate_chats(7, 30)
+    assert chat.generate_chats(7, 30) != chat.generate_chats(8, 30)
     assert syn.generate_hellaswag(7, 30) == syn.generate_hellaswag(7, 30)
     assert syn.generate_hellaswag(7, 30) != syn.generate_hellaswag(8, 30)
 
@@ -60,7 +61,7 @@ def test_global_random_state_untouched() -> None:
     random.seed(0)
     expected = random.random()
     random.seed(0)
-    syn.generate_stories(1, 20), syn.generate_chats(1, 20), syn.generate_hellaswag(1, 20)
+    syn.generate_stories(1, 20), chat.generate_chats(1, 20), syn.generate_hellaswag(1, 20)
     assert random.random() == expected
 
 
@@ -185,7 +186,7 @@ def _check_answer(question: str, answer: str, facts: dict) -> None:
 
 
 def test_chats_schema_and_correct_answers() -> None:
-    convs = syn.generate_chats(5, 400)
+    convs = chat.generate_chats(5, 400)
     kinds = Counter()
     for messages in convs:
         roles = [m["role"] for m in messages]
@@ -343,9 +344,10 @@ def test_notes_bind_every_value_to_its_thing_and_their_bits_are_exact() -> None:
 
 
 def test_corpus_mixes_stories_and_notes() -> None:
-    texts, bpb = syn.generate_corpus(3, 300)
+    assert not any(t.startswith(("My ", "What ")) for t in syn.generate_corpus(3, 300)[0])  # notes are off by default
+    texts, bpb = syn.generate_corpus(3, 300, notes_every=4)
     notes = [t for t in texts if t.startswith(("My ", "What "))]
     assert len(notes) == 75 and texts[3] in notes and texts[0] not in notes
-    assert syn.generate_corpus(3, 300) == (texts, bpb) and syn.generate_corpus(4, 300)[0] != texts
+    assert syn.generate_corpus(3, 300, 4) == (texts, bpb) and syn.generate_corpus(4, 300, 4)[0] != texts
     stories_only = syn.generate_stories(3, 200)[1]
     assert 0.1 < bpb < 1.0 and bpb != stories_only

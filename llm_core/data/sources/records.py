@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from llm_core.config import SourceConfig
-from llm_core.data import synthetic
+from llm_core.data import synthetic, synthetic_chat
 from llm_core.data.sources import text
 from llm_core.data.sources.fetch import fetch_url
 from llm_core.data.sources.hub import hub_rows
@@ -56,11 +56,11 @@ def iter_records(kind: str, src: SourceConfig, seed: int, stats: dict) -> Iterat
 
 def _synthetic(kind: str, src: SourceConfig, seed: int, stats: dict) -> Iterator[dict]:
     if kind == "pretrain":
-        texts, bits_per_byte = synthetic.generate_corpus(seed, src.num_docs)
+        texts, bits_per_byte = synthetic.generate_corpus(seed, src.num_docs, getattr(src, "notes_every", 0))
         stats["entropy_floor_bpb"] = bits_per_byte
         yield from ({"text": t} for t in texts)
     elif kind == "sft":
-        yield from ({"messages": m} for m in synthetic.generate_chats(seed + 1, src.num_docs))
+        yield from ({"messages": m} for m in synthetic_chat.generate_chats(seed + 1, src.num_docs))
     else:
         # the probe set draws from the same items as the eval set: its first num_docs items
         for item in synthetic.generate_hellaswag(seed + 2, src.num_docs):
