@@ -37,7 +37,7 @@ def main() -> None:
         metrics, replies = score_reference(model, tok, convs)
     write_metrics(args.metrics, metrics)
     write_json(args.replies, replies)
-    print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+    print(f"eval_chat: {cli.figures(metrics)}")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def main() -> None:
         metrics = {}
     write_json(args.report, report)
     write_metrics(args.metrics, metrics)
-    print(metrics or "eval.harness_tasks is empty: nothing to run")
+    print(f"eval_harness: {cli.figures(metrics) if metrics else 'eval.harness_tasks is empty: nothing to run'}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def main() -> None:
         write_bytes(args.records, "".join(json.dumps(r) + "\n" for r in records).encode())
         result.update(hellaswag.by_kind(records))
         write_metrics(args.metrics, result)
-        print(result)
+        print(f"eval_hellaswag: {cli.figures(result)}")
     distributed.teardown()
 
 

@@ -36,7 +36,7 @@ def main() -> None:
                                ctx)
     if ctx.is_main:
         write_metrics(args.metrics, result)
-        print(result)
+        print(f"eval_text: {cli.figures(result)}")
     distributed.teardown()
 
 

@@ -1,8 +1,8 @@
 """Muon with its Newton-Schulz iterations batched over matrices of one shape.
 
 The update is torch.optim.Muon's, step for step (Keller Jordan's Muon; `match_rms_adamw` from Moonshot's "Muon is
-Scalable"): Nesterov momentum, then 5 quintic Newton-Schulz iterations (bf16 on GPUs, fp32 on CPUs) that orthogonalise each matrix's update,
-decoupled weight decay, and a shape-dependent learning-rate scale. torch.optim.Muon runs those iterations one matrix
+Scalable"): Nesterov momentum, then 5 quintic Newton-Schulz iterations (bf16 on GPUs, fp32 on CPUs) that
+orthogonalise each matrix's update, decoupled weight decay, and a shape-dependent learning-rate scale. torch.optim.Muon runs those iterations one matrix
 at a time: on `124m` a step is ~2,500 small kernels (launch-bound on a GPU, where AdamW's fused step is one).
 
 Here the momentum and weight-decay updates are `torch._foreach_*` calls over all matrices, and the matrices whose

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from llm_core import cli
+
 # Dense bf16 peak FLOP/s by device name (vendor datasheets, sparsity figures halved); MFU is reported only where the
 # peak is known. The form factor matters: H100 / H200 NVL cards (400 W) and the H100 PCIe card (350 W) peak well
 # below the SXM modules, whose torch names carry no suffix ("NVIDIA H100 80GB HBM3", "NVIDIA H200").
@@ -105,8 +107,7 @@ class Tracker:
             return
         if self.bar is not None and self.bar.disable and any(k.startswith("val/") for k in metrics):
             # no terminal (e.g. under `dvc repro` in CI): a plain line at each validation instead of a bar
-            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-            print(f"{self.desc} step {step}/{self.total}: {shown}", flush=True)
+            print(f"{self.desc}: step {step}/{self.total}: {step_line(metrics)}", flush=True)
         if self.live is not None:
             self.live.step = step
             for key, value in metrics.items():
@@ -117,7 +118,7 @@ class Tracker:
         if self.bar is not None:
             self.bar.update(n)
             if postfix:
-                self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in postfix.items()},
+                self.bar.set_postfix({k: cli.fixed(k, v) if isinstance(v, float) else v for k, v in postfix.items()},
                                      refresh=False)
 
     def close(self) -> None:
@@ -125,6 +126,12 @@ class Tracker:
             self.bar.close()
         if self.live is not None:
             self.live.end()
+
+
+def step_line(metrics: dict) -> str:
+    """`loss 1.2345  lr 0.006000 ...  val_loss 1.2000`: the curves' names without `train/`, `val/` as `val_`."""
+    return "  ".join(f"{k.removeprefix('train/').replace('val/', 'val_')} {cli.fixed(k, float(v))}"
+                     for k, v in metrics.items())
 
 
 def truncate_history(live_dir: Path, step: int) -> None:

@@ -72,3 +72,13 @@ def test_written_files_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
         assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
     assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == dir_mode
     assert safetensors.torch.load_file(str(tmp_path / "model/model.safetensors"))  # still a weights file
+
+
+def test_step_lines_use_fixed_decimals():
+    from llm_core.training.tracking import step_line
+
+    line = step_line({"train/loss": 1.23456789, "train/lr": 6e-05, "train/grad_norm": 0.41234, "train/tokens_per_sec":
+                      17051.4, "val/loss": 1.2, "val/bpb": 0.18765})
+    assert line == ("loss 1.2346  lr 0.000060  grad_norm 0.4123  tokens_per_sec 17,051  val_loss 1.2000  "
+                    "val_bpb 0.1877")
+    assert "e+" not in line and "e-" not in line
