@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from llm_core import cli
+from llm_core import cli, figures
 from llm_core.config import load_params
 from llm_core.data import sources, synthetic_chat
 from llm_core.data.tokenizer import Tokenizer
@@ -37,7 +37,7 @@ def main() -> None:
         metrics, replies = score_reference(model, tok, convs)
     write_metrics(args.metrics, metrics)
     write_json(args.replies, replies)
-    print(f"eval_chat: {cli.figures(metrics)}")
+    print(f"eval_chat: {figures.line(metrics)}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from llm_core import cli
+from llm_core import cli, figures
 from llm_core.config import load_params
 from llm_core.files import write_json, write_metrics
 
@@ -52,7 +52,7 @@ def main() -> None:
         metrics = {}
     write_json(args.report, report)
     write_metrics(args.metrics, metrics)
-    print(f"eval_harness: {cli.figures(metrics) if metrics else 'eval.harness_tasks is empty: nothing to run'}")
+    print(f"eval_harness: {figures.line(metrics) if metrics else 'eval.harness_tasks is empty: nothing to run'}")
 
 
 if __name__ == "__main__":

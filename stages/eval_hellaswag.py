@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from llm_core import cli, distributed
+from llm_core import cli, distributed, figures
 from llm_core.config import load_params
 from llm_core.data import sources
 from llm_core.data.tokenizer import Tokenizer
@@ -36,7 +36,7 @@ def main() -> None:
         write_bytes(args.records, "".join(json.dumps(r) + "\n" for r in records).encode())
         result.update(hellaswag.by_kind(records))
         write_metrics(args.metrics, result)
-        print(f"eval_hellaswag: {cli.figures(result)}")
+        print(f"eval_hellaswag: {figures.line(result)}")
     distributed.teardown()
 
 

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from llm_core import cli, distributed
+from llm_core import cli, distributed, figures
 from llm_core.config import load_params
 from llm_core.data import sources
 from llm_core.data.tokenizer import Tokenizer
@@ -36,7 +36,7 @@ def main() -> None:
                                ctx)
     if ctx.is_main:
         write_metrics(args.metrics, result)
-        print(f"eval_text: {cli.figures(result)}")
+        print(f"eval_text: {figures.line(result)}")
     distributed.teardown()
 
 

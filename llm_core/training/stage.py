@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_core import cli, distributed
+from llm_core import distributed, figures
 from llm_core.config import ModelConfig, Params, TrainConfig, load_params
 from llm_core.data import shards
 from llm_core.data.loader import Rows
@@ -85,5 +85,5 @@ def run(name: str, module: str, args: argparse.Namespace, build: Build, extra_me
         write_metrics(args.metrics, metrics)
         write_run_info(args.runtime, result[RUNTIME])
         for shown in (metrics, result[RUNTIME]):
-            print(f"{name}: {cli.figures(shown)}")
+            print(f"{name}: {figures.line(shown)}")
     distributed.teardown()

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from llm_core import cli
+from llm_core import figures
 
 # Dense bf16 peak FLOP/s by device name (vendor datasheets, sparsity figures halved); MFU is reported only where the
 # peak is known. The form factor matters: H100 / H200 NVL cards (400 W) and the H100 PCIe card (350 W) peak well
@@ -118,7 +118,7 @@ class Tracker:
         if self.bar is not None:
             self.bar.update(n)
             if postfix:
-                self.bar.set_postfix({k: cli.fixed(k, v) if isinstance(v, float) else v for k, v in postfix.items()},
+                self.bar.set_postfix({k: figures.fixed(k, v) if isinstance(v, float) else v for k, v in postfix.items()},
                                      refresh=False)
 
     def close(self) -> None:
@@ -130,7 +130,7 @@ class Tracker:
 
 def step_line(metrics: dict) -> str:
     """`loss 1.2345  lr 0.006000 ...  val_loss 1.2000`: the curves' names without `train/`, `val/` as `val_`."""
-    return "  ".join(f"{k.removeprefix('train/').replace('val/', 'val_')} {cli.fixed(k, float(v))}"
+    return "  ".join(f"{k.removeprefix('train/').replace('val/', 'val_')} {figures.fixed(k, float(v))}"
                      for k, v in metrics.items())
 
 
