@@ -9,7 +9,7 @@ alone), with bf16 autocast and torch.compile on CUDA. The baseline (`--baseline`
 - `none`.
 
 MFU = flops_per_token (6N + 12LDT, `ModelConfig.flops_per_token`) x tokens/s / peak bf16 FLOP/s, reported only where
-the peak is known (`llm_core.tracking.PEAK_BF16_FLOPS`, or --peak-flops).
+the peak is known (`llm_core.training.tracking.PEAK_BF16_FLOPS`, or --peak-flops).
 
 A roofline on any device: the same run also measures this machine's dense matrix multiply (square, `--peak-size`,
 in the step's precision, on the same threads), interleaved with the timed steps so both see the same machine, and

@@ -508,6 +508,6 @@ def _check_layout(spec: dict, path: Path) -> None:
           and json.dumps(SPLIT_PATTERN)[1:-1] in json.dumps(spec.get("pre_tokenizer"))
           and rules == _merge_rules(ranked))
     if not ok:
-        raise ValueError(f"{path} was not written by llm_core.tokenizer.train_tokenizer (its ids are not tiktoken "
+        raise ValueError(f"{path} was not written by llm_core.data.tokenizer.train_tokenizer (its ids are not tiktoken "
                          "ranks, or its split pattern or special tokens differ); retrain it with "
                          "`dvc repro train_tokenizer`")

@@ -1,5 +1,5 @@
-"""Every row of the README's bad-input table, run the way a user meets it: one short block naming the stage, the
-problem and the fix; no traceback; and nothing lost.
+"""Every row of the bad-input table (docs/bad-input.md), run the way a user meets it: one short block naming the
+stage, the problem and the fix; no traceback; and nothing lost.
 
 Most mistakes happen inside `dvc repro` / `dvc exp run`: those rows run through the real `dvc` on a copy of a tiny
 pipeline that has run (tests/integration/conftest.py `dvc_run`), and every file the pipeline wrote must be left
@@ -176,15 +176,15 @@ BY_HAND = {
 }
 
 
-def readme_rows() -> list[tuple[str, str]]:
-    """(input, where) of every row of the README's table."""
-    text = (ROOT / "README.md").read_text()
-    table = text.split("## Bad input", 1)[1].split("\n\n")[2]
-    return [tuple(re.match(r"\| (.+?) \| (.+?) \|", line).groups()) for line in table.splitlines()[2:]]
+def documented_rows() -> list[tuple[str, str]]:
+    """(input, where) of every row of docs/bad-input.md's table (the one headed `| input | where | message |`)."""
+    text = (ROOT / "docs/bad-input.md").read_text()
+    table = text.split("| input | where | message |\n", 1)[1].split("\n\n", 1)[0]
+    return [tuple(re.match(r"\| (.+?) \| (.+?) \|", line).groups()) for line in table.splitlines()[1:]]
 
 
-def test_every_row_of_the_readme_table_is_tested_where_it_happens():
-    rows = readme_rows()
+def test_every_row_of_the_bad_input_page_is_tested_where_it_happens():
+    rows = documented_rows()
     assert sorted(name for name, _ in rows) == sorted([*IN_DVC, *BY_HAND])
     for name, where in rows:
         assert where == ("`dvc repro`" if name in IN_DVC else "by hand"), name

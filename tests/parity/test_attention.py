@@ -1,4 +1,4 @@
-"""Parity tests for llm_core.attention: every backend against an fp64 reference, and the Triton
+"""Parity tests for llm_core.model.attention: every backend against an fp64 reference, and the Triton
 kernel against fp32 with flash-attn's tolerance rule (at most 2x the error of PyTorch run in
 the same precision). Without CUDA the kernel runs in Triton's CPU interpreter."""
 

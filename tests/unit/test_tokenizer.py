@@ -1,4 +1,4 @@
-"""llm_core.tokenizer: a throwaway BPE trained in-process; tiktoken and Hugging Face must give identical ids."""
+"""llm_core.data.tokenizer: a throwaway BPE trained in-process; tiktoken and Hugging Face must give identical ids."""
 
 import hashlib
 import itertools

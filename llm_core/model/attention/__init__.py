@@ -5,8 +5,8 @@ code base calls this function and never an implementation directly:
 
 - ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (FlashAttention / cuDNN /
   math kernels, chosen by PyTorch). The default.
-- ``"triton"``: our Flash-Attention-2 kernel in :mod:`llm_core.attention.flash`.
-- ``"naive"``: the fp32 reference in :mod:`llm_core.attention.naive`.
+- ``"triton"``: our Flash-Attention-2 kernel in :mod:`llm_core.model.attention.flash`.
+- ``"naive"``: the fp32 reference in :mod:`llm_core.model.attention.naive`.
 
 Shapes: q is (batch, heads, seq_q, head_dim); k is (batch, kv_heads, seq_k, head_dim) and v
 (batch, kv_heads, seq_k, v_dim) with kv_heads dividing heads (GQA; kv_heads == 1 is MQA). v_dim may
