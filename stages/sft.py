@@ -15,7 +15,7 @@ def build(inputs: stage.Inputs):
     val_rows = loader.sft_rows(args.tokens, "val", cfg.seq_len, inputs.manifest, pad_id)
     # the architecture is the pretrained model's own (config.json), whatever model.* says now
     model_cfg = read_config(args.init, attention=params.model.attention)
-    return model_cfg, cfg, inputs.job(train_rows, val_rows, init_from=Path(args.init))
+    return model_cfg, cfg, inputs.job(train_rows, val_rows, init_from=Path(args.init), chat=True)
 
 
 def main() -> None:
