@@ -19,6 +19,7 @@ import torch
 log = logging.getLogger(__name__)
 
 IGNORE = -1  # target id excluded from the loss
+SKIP_WARNING = 0.05  # share of SFT chats left out for length past which the stage warns
 
 
 class Rows:
@@ -142,7 +143,13 @@ class PackedRows(SegmentRows):
             raise ValueError(f"no SFT conversation fits in seq_len + 1 = {row_len} tokens ({self.skipped_too_long} "
                              "too long); raise sft.seq_len (and model.max_seq_len) or use shorter chats")
         if self.skipped_too_long:
-            log.warning("%d conversations longer than %d tokens left out", self.skipped_too_long, row_len)
+            # a few long chats left out is the price of whole chats per row; a share that changes what the model
+            # learns is worth a warning
+            share = self.skipped_too_long / (len(offsets) - 1)
+            log.log(logging.WARNING if share > SKIP_WARNING else logging.INFO,
+                    "%d of %d conversations (%.1f%%) longer than %d tokens left out%s", self.skipped_too_long,
+                    len(offsets) - 1, 100 * share, row_len,
+                    "; raise sft.seq_len (and model.max_seq_len) to keep them" if share > SKIP_WARNING else "")
         self._store(rows, 2)
 
     def get(self, index: int):

@@ -127,3 +127,19 @@ def test_packed_rows_fill_rows_first_fit():
     assert [r.tolist() for r in (rows.row_segments(0), rows.row_segments(1))] == [[[0, 6], [11, 12]], [[6, 11]]]
     x, y = rows.get(1)
     assert x.tolist() == [7, 8, 9, 10, 11, 0] and y.tolist() == [8, 9, 10, 11, IGNORE, IGNORE]
+
+
+def test_a_few_long_chats_left_out_is_said_a_large_share_is_a_warning(caplog):
+    import logging
+
+    def offsets(n_short: int, n_long: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lengths = [3] * n_short + [9] * n_long
+        ends = np.cumsum([0] + lengths)
+        return np.zeros(ends[-1], dtype=np.uint16), np.ones(ends[-1], dtype=np.uint8), ends
+
+    with caplog.at_level(logging.INFO, logger="llm_core.data.loader"):
+        PackedRows(*offsets(99, 1), seq_len=4, pad_id=0)  # 1% left out: said, not a warning
+        PackedRows(*offsets(80, 20), seq_len=4, pad_id=0)  # 20%: a warning with the fix
+    (few, many) = caplog.records
+    assert few.levelno == logging.INFO and "1 of 100 conversations (1.0%)" in few.getMessage()
+    assert many.levelno == logging.WARNING and "raise sft.seq_len" in many.getMessage()
