@@ -55,12 +55,21 @@ class _StageFormatter(logging.Formatter):
         return f"{self.stage}: {level}{record.getMessage()}"
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is when a record comes (not the one at set-up), so a caller that swaps stdout
+    (a test's capture, a notebook) never leaves the core logging into a closed stream."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
 def setup_logging(stage: str) -> None:
     """Route the core's log records (llm_core.*) to stdout with the stage's name in front."""
     logger = logging.getLogger("llm_core")
-    for handler in [h for h in logger.handlers if isinstance(h.formatter, _StageFormatter)]:
+    for handler in [h for h in logger.handlers if isinstance(h, _StdoutHandler)]:
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     handler.setFormatter(_StageFormatter(stage))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
