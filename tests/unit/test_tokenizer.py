@@ -290,7 +290,7 @@ def test_train_tokenizer_stage_sources_and_report(source, tmp_path, monkeypatch)
     report = json.loads((tmp_path / "metrics" / "tokenizer.json").read_text())
     tok = Tokenizer.from_dir(tmp_path / "tok")
     assert report["vocab_size"] == tok.vocab_size == (400 if source == "train" else 261)
-    assert report["bytes_per_token"] > (2 if source == "train" else 1)
+    assert report["bytes_per_token"] > (1.5 if source == "train" else 1)  # a 400-token BPE compresses the stories
     # the counters behind the figure stay with the tokenizer, out of the metrics people compare
     info = json.loads((tmp_path / "tok" / "report.json").read_text())
     assert info["source"] == ("bpe" if source == "train" else "tiktoken:gpt2") and set(report) < set(info)
