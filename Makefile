@@ -21,8 +21,11 @@ install: $(VENV)/.installed
 repro: install
 	$(RUN) $(BIN)/dvc repro
 
+# the suite on TEST_WORKERS processes (pytest-xdist); the tests that share one tiny `dvc repro` run stay together
+# on one worker (xdist_group "dvc_run"), so that run is made once
+TEST_WORKERS ?= 2
 test: install
-	$(RUN) $(BIN)/python -m pytest -q
+	$(RUN) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # rewrite .dvc/offline_plots.html (dvc plots pages with Vega inlined: they render offline)
 plots-template: install

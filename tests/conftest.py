@@ -7,6 +7,12 @@ import os
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one worker per core (`make test`): the worker and the stage processes it starts use one thread each instead
+    # of every process spinning up threads for all cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 if not torch.cuda.is_available():
     # Triton kernels run in its CPU interpreter; the flag must be set before any kernel is decorated
     os.environ.setdefault("TRITON_INTERPRET", "1")
