@@ -21,11 +21,11 @@ install: $(VENV)/.installed
 repro: install
 	$(RUN) $(BIN)/dvc repro
 
-# the suite on TEST_WORKERS processes (pytest-xdist); the tests that share one tiny `dvc repro` run stay together
-# on one worker (xdist_group "dvc_run"), so that run is made once
+# the suite on TEST_WORKERS processes (pytest-xdist); the workers share the one tiny `dvc repro` run the DVC tests
+# copy (tests/integration/conftest.py `dvc_run`)
 TEST_WORKERS ?= 2
 test: install
-	$(RUN) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(RUN) $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # rewrite .dvc/offline_plots.html (dvc plots pages with Vega inlined: they render offline)
 plots-template: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -38,4 +39,16 @@ def repo(base, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def dvc_run(tmp_path_factory) -> DvcRun:
-    return run_pipeline(tmp_path_factory.mktemp("dvc_run"))
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process
+        return run_pipeline(tmp_path_factory.mktemp("dvc_run"))
+    # under pytest-xdist (`make test`) the workers share one run: the first to get here makes it, the others wait
+    # for it and read it (every test works on a copy)
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "dvc_run_shared"
+    with FileLock(str(root) + ".lock"):
+        if not (root / "output.txt").exists():
+            root.mkdir(exist_ok=True)
+            run = run_pipeline(root)
+            (root / "output.txt").write_text(run.output)
+        return DvcRun(root / "repo", (root / "output.txt").read_text(), root / "params_read.jsonl")

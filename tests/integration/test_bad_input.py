@@ -26,8 +26,6 @@ import pytest
 from tests.dvc_run import copy_run, run_in, snapshot
 from tests.helpers import PRETRAIN, ROOT, SAMPLE, project_env, set_params, stage
 
-# these tests share the session's tiny `dvc repro` run (conftest `dvc_run`): one xdist worker makes it once
-pytestmark = pytest.mark.xdist_group("dvc_run")
 
 # --------------------------------------------------------------------------------------------------------------------
 # Inside dvc repro / dvc exp run: each set-up changes a copy of the run and returns the dvc command and the expected

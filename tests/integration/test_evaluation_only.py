@@ -12,8 +12,6 @@ import pytest
 from tests.dvc_run import copy_run, run_in, snapshot
 from tests.helpers import set_params
 
-# these tests share the session's tiny `dvc repro` run (conftest `dvc_run`): one xdist worker makes it once
-pytestmark = pytest.mark.xdist_group("dvc_run")
 
 ITEM = {"ind": 7, "activity_label": "Baking", "ctx_a": "A man puts a cake in the oven.", "ctx_b": "he",
         "ctx": "A man puts a cake in the oven. he", "endings": ["waits.", "swims.", "flies.", "sings."], "label": 0,

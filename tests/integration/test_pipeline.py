@@ -15,8 +15,6 @@ from tests.dvc_run import copy_run
 from tests.helpers import HELLASWAG_FIXTURE, hellaswag_task_yaml, offline_harness_env, project_env, run_ok
 from tests.pipeline_graph import params_report
 
-# these tests share the session's tiny `dvc repro` run (conftest `dvc_run`): one xdist worker makes it once
-pytestmark = pytest.mark.xdist_group("dvc_run")
 
 run = run_ok
 

@@ -18,8 +18,6 @@ import yaml
 from tests.dvc_run import OUTPUT_ROOTS, run_in, run_pipeline
 from tests.helpers import ROOT
 
-# these tests share the session's tiny `dvc repro` run (conftest `dvc_run`): one xdist worker makes it once
-pytestmark = pytest.mark.xdist_group("dvc_run")
 
 # the files DVC never hashes: named in dvc.yaml's top-level metrics / plots, written by the stages
 VOLATILE = ("metrics/runtime/pretrain.json", "metrics/runtime/sft.json", "metrics/runtime/sample.json",

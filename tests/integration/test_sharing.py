@@ -15,9 +15,6 @@ import pytest
 from tests.helpers import ROOT
 from tests.dvc_run import copy_run, run_in
 
-# these tests share the session's tiny `dvc repro` run (conftest `dvc_run`): one xdist worker makes it once
-pytestmark = pytest.mark.xdist_group("dvc_run")
-
 
 def exps_command() -> list[str]:
     """`make exps`' own dvc command, read from the Makefile (so the test follows it)."""
