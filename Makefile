@@ -21,11 +21,11 @@ install: $(VENV)/.installed
 repro: install
 	$(RUN) $(BIN)/dvc repro
 
-# the suite on TEST_WORKERS processes (pytest-xdist); the workers share the one tiny `dvc repro` run the DVC tests
-# copy (tests/integration/conftest.py `dvc_run`)
+# the suite on TEST_WORKERS processes (pytest-xdist); the tests that copy the one tiny `dvc repro` run go to one
+# worker as a group (tests/integration/conftest.py `dvc_run`), the others share the rest
 TEST_WORKERS ?= 2
 test: install
-	$(RUN) $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(RUN) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # rewrite .dvc/offline_plots.html (dvc plots pages with Vega inlined: they render offline)
 plots-template: install

@@ -98,7 +98,8 @@ class Step:
 
 
 # tiny shapes spelled out in full, so that `--tiny` on a GPU is a quick smoke test too (no compilation there)
-_TINY_TRAIN = ["--preset", "tiny", "--vocab", "512", "--batch-size", "2", "--seq-len", "32", "--compile", "false"]
+_TINY_TRAIN = ["--preset", "tiny", "--vocab", "512", "--batch-size", "2", "--seq-len", "32", "--compile", "false",
+               "--rounds", "1", "--peak-size", "256"]
 _SWEEP = ["--seq", "1024", "4096", "8192"]
 # GPU limits: estimates for an H100/H200 host with a cold compile cache (a 124m forward+backward compile ~60 s,
 # docs/benchmarks.md), first compilation included.

@@ -14,9 +14,17 @@ equivalent in these families, so such models are refused.
 `models/init`, which pretraining continues from.
 """
 
-from llm_core.export.cli import main
-from llm_core.export.convert import (DTYPES, TOKENIZER_FILES, export_hf, from_hf_state_dict, hf_config, import_hf,
-                                     ours_from_hf, to_hf_state_dict)
-
 __all__ = ["DTYPES", "TOKENIZER_FILES", "export_hf", "from_hf_state_dict", "hf_config", "import_hf", "main",
            "ours_from_hf", "to_hf_state_dict"]
+
+
+def __getattr__(name: str):
+    """The names above, imported when first used: the `import_model` stage imports this package, and with nothing to
+    import it should not pay for torch (most of a stage's start-up)."""
+    if name == "main":
+        from llm_core.export.cli import main
+        return main
+    if name in __all__:
+        from llm_core.export import convert
+        return getattr(convert, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,16 +21,18 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
 from llm_core.config import ModelConfig, ParamsError, TokenizerConfig
 from llm_core.data.tokenizer import CHAT_TEMPLATE, HF_MARKER, SPECIAL_TOKENS, Tokenizer
 from llm_core.export import families
-from llm_core.export.convert import load_hf_weights, ours_from_hf, read_hf_config
 from llm_core.files import file_sha256, write_json
-from llm_core.model.io import write_weights
+
+if TYPE_CHECKING:
+    import torch
 
 INFO = "init.json"
 _READ = ("config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
@@ -118,6 +120,8 @@ def import_tokenizer(folder: Path, out: Path) -> list[str]:
 def _grow_vocab(weights: dict[str, torch.Tensor], cfg: ModelConfig, pretrained: int, new_ids: list[int]):
     """Embedding (and untied head) rows for the ids of added tokens: the mean of the `pretrained` rows; the matrices
     grow when an id lies past them."""
+    import torch
+
     size = max([cfg.vocab_size] + [i + 1 for i in new_ids])
     for name in ("tok_emb.weight", "lm_head.weight"):
         if name not in weights:
@@ -149,6 +153,10 @@ def import_init(model: ModelConfig, tokenizer: TokenizerConfig, out: Path) -> di
                                         "--local-dir hf/SmolLM2-135M`")
             info["folder"] = str(folder)
         if model.init == "hf":  # the architecture first: a checkpoint that cannot be imported stops here
+            # imported here: without weights to convert the stage needs no torch, whose import is most of its time
+            from llm_core.export.convert import load_hf_weights, ours_from_hf, read_hf_config
+            from llm_core.model.io import write_weights
+
             where = f"{folder}/config.json"
             arch = families.model_config(read_hf_config(folder), where, model.max_seq_len, model.attention)
             check_params(model, arch, where)

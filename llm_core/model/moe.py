@@ -118,10 +118,19 @@ def experts_grouped(x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, w
     return torch.zeros_like(x).index_add_(0, token, ys.to(x.dtype))
 
 
-@torch.compiler.assume_constant_result  # torch.compile takes the answer as a constant instead of tracing the probe
 def grouped_mm_runs(device_type: str, dtype: torch.dtype) -> bool:
     """Whether torch._grouped_mm works here (CPU in recent torch; CUDA from compute capability 9.0, bf16)."""
     return _grouped_mm_probe(device_type, dtype)
+
+
+def _probe_is_constant_when_compiled() -> None:
+    """torch.compile takes the probe's answer as a constant instead of tracing it. Marked when the first MoE layer is
+    built, not at import: the mark imports torch._dynamo (about 3 s on a CPU), which every stage process would
+    otherwise pay, dense models and evaluation-only stages included."""
+    global grouped_mm_runs
+    if not getattr(grouped_mm_runs, "_marked_constant", False):
+        grouped_mm_runs = torch.compiler.assume_constant_result(grouped_mm_runs)
+        grouped_mm_runs._marked_constant = True
 
 
 @functools.cache
@@ -142,6 +151,7 @@ def _grouped_mm_probe(device_type: str, dtype: torch.dtype) -> bool:
 class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        _probe_is_constant_when_compiled()
         E, D, Fh = cfg.n_experts, cfg.d_model, cfg.expert_hidden
         self.n_experts, self.path = E, cfg.moe_path
         self.aux_weight, self.bias_rate = cfg.aux_loss_weight, cfg.bias_update_rate

@@ -37,12 +37,20 @@ def repo(base, tmp_path) -> Path:
 # (tests/dvc_run.py `copy_run`).
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under `make test` (pytest-xdist, --dist loadgroup) the tests of the shared run go to one worker, which makes
+    the run once and then works through them, while the other workers take the rest: none waits for the run."""
+    for item in items:
+        if "dvc_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("dvc_run"))
+
+
 @pytest.fixture(scope="session")
 def dvc_run(tmp_path_factory) -> DvcRun:
     if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process
         return run_pipeline(tmp_path_factory.mktemp("dvc_run"))
-    # under pytest-xdist (`make test`) the workers share one run: the first to get here makes it, the others wait
-    # for it and read it (every test works on a copy)
+    # under pytest-xdist the workers share one run: the first to get here makes it, any other waits for it and reads
+    # it (every test works on a copy); with --dist loadgroup only one worker gets here
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp().parent / "dvc_run_shared"

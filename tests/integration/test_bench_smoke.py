@@ -34,17 +34,6 @@ def positive(*keys: str) -> Callable[[dict], None]:
     return check
 
 
-def _attention(out: dict) -> None:
-    positive("results.0.ratio_fwd", "results.0.ratio_fwd_bwd")(out)
-    assert out["numerics_ok"] is True
-
-
-def _decode(out: dict) -> None:
-    positive("ratio_vs_hf", "batch_2_vs_1")(out)
-    # the same exported weights in fp32: the same greedy tokens as transformers
-    assert [r["tokens_agree"] for r in out["results"]] == [1.0, 1.0]
-
-
 def _tokenize_memory(out: dict) -> None:
     positive("peak_rss_mb_1x", "peak_rss_ratio_2x")(out)
     assert out["tokens_2x"] == 2 * out["tokens_1x"]  # the corpus twice over: twice the tokens
@@ -64,26 +53,25 @@ def _seeds(out: dict) -> None:
 # script -> (arguments of its smoke run, check of the JSON on its last line)
 SMOKE: dict[str, tuple[list[str], Callable[[dict], None]]] = {
     # the Triton kernel through its CPU interpreter (the existing tiny mode)
-    "bench/attention.py": (["--tiny", "--seq", "32", "--head-dims", "32"], _attention),
-    "bench/decode.py": (["--smoke"], _decode),
     "bench/flash_compile.py": (["--head-dims", "64"], _flash_compile),
-    "bench/optimizer.py": (["--smoke"], positive("ratio_ops", "ratio_time")),
     "bench/engine.py": (["--steps", "3", "--repeats", "1"], positive("overhead", "ours_tokens_per_sec")),
-    "bench/pretrain_stage.py": (["--tiny", "--steps", "2"], positive("tokens_per_sec", "steady_tokens_per_sec")),
     "bench/seeds.py": (["--smoke"], _seeds),
     "bench/serve_load.py": (["--smoke"], positive("ratio_2_vs_1", "ttft_p50_s")),
     "bench/tokenize_memory.py": (["--smoke"], _tokenize_memory),
     "bench/tokenize_speed.py": (["--smoke"], positive("tokens", "ratio_vs_tiktoken", "ratio_vs_tokenizers")),
     "bench/tokenizer_train.py": (["--smoke"], positive("ratio_vs_raw_trainer", "ratio_vs_bytelevel_trainer")),
-    # the CPU defaults, shrunk (its tiny shapes as bench/gpu_suite.py --tiny runs them)
     "tools/make_favicon.py": (["--check"], lambda out: out["matches"] is True or pytest.fail(str(out))),
-    "bench/train_step.py": (["--preset", "tiny", "--vocab", "512", "--batch-size", "2", "--seq-len", "32",
-                             "--compile", "false", "--steps", "1", "--warmup", "0"], positive("ratio")),
 }
 # script -> the test that runs it (file::function); that file must name the script
+GPU_SUITE_TINY = "tests/integration/test_gpu_suite.py::test_tiny_suite_runs_every_part_end_to_end_without_the_dvc_stack"
 ELSEWHERE = {
-    "bench/gpu_suite.py":
-        "tests/integration/test_gpu_suite.py::test_tiny_suite_runs_every_part_end_to_end_without_the_dvc_stack",
+    "bench/gpu_suite.py": GPU_SUITE_TINY,
+    # the suite's parts: its tiny run starts each of them as a user would and checks its JSON line
+    "bench/attention.py": GPU_SUITE_TINY,
+    "bench/decode.py": GPU_SUITE_TINY,
+    "bench/optimizer.py": GPU_SUITE_TINY,
+    "bench/pretrain_stage.py": GPU_SUITE_TINY,
+    "bench/train_step.py": GPU_SUITE_TINY,
     "tools/offline_plots_template.py":
         "tests/integration/test_plots_offline.py::test_template_is_the_generator_output",
 }

@@ -137,6 +137,12 @@ def test_malformed_bodies_and_routes_get_4xx_and_the_server_keeps_serving(server
     assert status == 200 and reply["choices"][0]["finish_reason"] in ("stop", "length")
 
 
+def in_flight(base: str) -> int:
+    """Requests the server holds: decoding in a batch row or waiting in the queue."""
+    health = request(base, "GET", "/health")[1]
+    return health["active"] + health["waiting"]
+
+
 def test_full_queue_answers_503(served_models, monkeypatch):
     """The engine's step waits on a gate, so the two requests below hold the only row and the only queue place for as
     long as the test needs, however loaded the machine (a request that finished early made this race)."""
@@ -176,7 +182,7 @@ def test_full_queue_answers_503(served_models, monkeypatch):
                       headers={"Content-Type": "application/json"})
             conns.append(c)
         deadline = time.monotonic() + 60
-        while (lambda h: h["active"] + h["waiting"])(request(base, "GET", "/health")[1]) < 2:
+        while in_flight(base) < 2:
             assert time.monotonic() < deadline, "the two requests never reached the server"
             time.sleep(0.02)
         status, reply = request(base, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})
@@ -189,7 +195,7 @@ def test_full_queue_answers_503(served_models, monkeypatch):
             assert time.monotonic() < deadline, "the server never noticed the clients hang up"
             time.sleep(0.02)
         gate.set()
-        while (lambda h: h["active"] + h["waiting"])(request(base, "GET", "/health")[1]) > 0:
+        while in_flight(base) > 0:
             assert time.monotonic() < deadline, "a closed stream kept decoding"
             time.sleep(0.02)
         assert len(steps) <= 2, f"the engine decoded {len(steps)} steps for streams nobody reads"
