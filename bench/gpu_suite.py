@@ -117,7 +117,7 @@ PARTS = (
          tiny=["--tiny", "--seq", "32", "--head-dims", "128", "--tune", "--tune-seq", "32"],
          limit_s=70, quick_limit_s=35),
     Part("optimizer", "optimizer.py", full=[], quick=None, tiny=["--smoke"], limit_s=20),
-    Part("pretrain_stage", "pretrain_stage.py", full=["--steps", "50"], quick=None, tiny=["--tiny", "--steps", "10"],
+    Part("pretrain_stage", "pretrain_stage.py", full=["--steps", "50"], quick=None, tiny=["--tiny", "--steps", "4"],
          limit_s=105),
     Part("decode", "decode.py", full=["--batch-sizes", "1", "32", "--repeats", "2"], quick=None,
          tiny=["--preset", "tiny", "--vocab", "512", "--prompt-len", "8", "--new-tokens", "8", "--repeats", "1"],

@@ -18,6 +18,24 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """Under --dist loadgroup (`make test`): the groups of tests/groups.py, each on one worker."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    from tests.groups import xdist_group
+
+    class GroupScheduling(LoadScopeScheduling):
+        """pytest-xdist's loadgroup with the groups of tests/groups.py: a group is one unit of work, any other test
+        its own."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid) or nodeid
+
+    return GroupScheduling(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -8,7 +8,6 @@ tensors; no weight is permuted.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from llm_core.config import ModelConfig
 from llm_core.export import families
 from llm_core.export.deepseek import deepseek_config, deepseek_state_dict, is_deepseek
-from llm_core.files import umask_mode, write_json
+from llm_core.files import atomic_dir, umask_mode, write_json
 from llm_core.model.transformer import Transformer
 
 _LAYER_NAMES = {
@@ -125,10 +124,7 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
     """
     out = Path(out_dir)
     hf = hf_config(model.cfg, bos_id, eos_id, dtype)  # refuses qk_norm before anything is written
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out) as tmp:
         if tokenizer_dir is not None:
             tok_bos, tok_end = _write_tokenizer(Path(tokenizer_dir), tmp, model.cfg)
             bos_id = tok_bos if bos_id is None else bos_id
@@ -144,12 +140,6 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
             stops = [eos_id] + ([bos_id] if bos_id is not None and bos_id != eos_id else [])
             generation.update(eos_token_id=stops, pad_token_id=eos_id)
         write_json(tmp / "generation_config.json", generation)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
     return out
 
 

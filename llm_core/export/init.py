@@ -17,7 +17,6 @@ mean of the pretrained rows, the usual choice: a new token then looks like an av
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from llm_core.config import ModelConfig, ParamsError, TokenizerConfig
 from llm_core.data.tokenizer import CHAT_TEMPLATE, HF_MARKER, SPECIAL_TOKENS, Tokenizer
 from llm_core.export import families
-from llm_core.files import file_sha256, write_json
+from llm_core.files import atomic_dir, file_sha256, write_json
 
 if TYPE_CHECKING:
     import torch
@@ -141,10 +140,7 @@ def import_init(model: ModelConfig, tokenizer: TokenizerConfig, out: Path) -> di
     if model.init == "hf" and not hf_tokenizer:
         raise ParamsError("params.yaml: model.init: hf needs tokenizer.source: hf (the checkpoint's embeddings are "
                           "indexed by its own tokenizer's ids)")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out) as tmp:
         if model.init == "hf" or hf_tokenizer:
             folder = Path(model.init_path)
             if not folder.is_dir():
@@ -181,10 +177,4 @@ def import_init(model: ModelConfig, tokenizer: TokenizerConfig, out: Path) -> di
                 model.init == "hf" and p.name.endswith(".safetensors")))]
             info["files"] = {p.name: file_sha256(p) for p in read}
         write_json(tmp / INFO, info)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
     return info

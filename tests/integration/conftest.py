@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.dvc_run import DvcRun, run_pipeline
+from tests.groups import xdist_group
 from tests.helpers import ROOT, set_params, stage, tiny_params
 
 
@@ -39,10 +40,13 @@ def repo(base, tmp_path) -> Path:
 
 def pytest_collection_modifyitems(config, items):
     """Under `make test` (pytest-xdist, --dist loadgroup) the tests of the shared run go to one worker, which makes
-    the run once and then works through them, while the other workers take the rest: none waits for the run."""
+    the run once and then works through them, while the other workers take the rest: none waits for the run. A new
+    test of the run must join the group (tests/groups.py)."""
+
     for item in items:
-        if "dvc_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("dvc_run"))
+        if "dvc_run" in getattr(item, "fixturenames", ()) and xdist_group(item.nodeid) != "dvc_run":
+            raise pytest.UsageError(f"{item.nodeid} uses the shared dvc run: add it to XDIST_GROUPS in "
+                                    "tests/groups.py (group dvc_run)")
 
 
 @pytest.fixture(scope="session")

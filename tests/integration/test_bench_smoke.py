@@ -82,7 +82,8 @@ def test_script_runs_in_its_smoke_mode(script: str, tmp_path):
     if script in ELSEWHERE:
         path, _, func = ELSEWHERE[script].partition("::")
         text = (ROOT / path).read_text()
-        assert f"def {func}(" in text and script.split("/")[-1].removesuffix(".py") in text, f"{ELSEWHERE[script]} does not run {script}"
+        name = script.split("/")[-1].removesuffix(".py")
+        assert f"def {func}(" in text and name in text, f"{ELSEWHERE[script]} does not run {script}"
         return
     assert script in SMOKE, (f"{script} has no smoke test: give it a --smoke mode (tiny inputs, seconds) and add it "
                              "to SMOKE in tests/integration/test_bench_smoke.py")

@@ -70,63 +70,66 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow
-def test_ddp_zero1_fsdp_match_one_process(reference, tmp_path):
+MODES = ("ddp", "zero1", "fsdp")
+GLOBAL_RUNS = [f"{m}:adamw:global" for m in MODES]
+MOE_RUNS = [f"{m}:adamw:moe" for m in MODES]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> Path:
+    """Every two-rank run of the tests below in one torchrun launch (each launch starts three interpreters)."""
+    out = tmp_path_factory.mktemp("ranks")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "tests.integration.dist_worker", str(tmp_path), "4", *RUNS]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+           "-m", "tests.integration.dist_worker", str(out), "4", *RUNS, *GLOBAL_RUNS, *MOE_RUNS]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_ddp_zero1_fsdp_match_one_process(reference, ranks):
     for run in RUNS:
         mode, optimizer = run.split(":")
         tol = TOL if optimizer == "adamw" else BF16_TOL
-        assert_same_run(tmp_path, f"{mode}-{optimizer}", reference / f"none-{optimizer}", tol)
+        assert_same_run(ranks, f"{mode}-{optimizer}", reference / f"none-{optimizer}", tol)
     # same gradients as DDP (one all-reduce): the sharded Muon step must be exactly the replicated one
-    assert_same_run(tmp_path, "zero1-muon", tmp_path / "ddp-muon", TOL)
+    assert_same_run(ranks, "zero1-muon", ranks / "ddp-muon", TOL)
     # the sharded runs checkpoint the full state in the single-process format
-    ckpt = tmp_path / "fsdp-adamw/checkpoints/step_0000010"
+    ckpt = ranks / "fsdp-adamw/checkpoints/step_0000010"
     blob = torch.load(ckpt / "train_state.pt", weights_only=True)
     assert "tok_emb.weight" in blob["optimizers"][0]["state"]
 
 
-def test_validation_is_global_whatever_the_process_count(tmp_path):
+@pytest.mark.slow
+def test_validation_is_global_whatever_the_process_count(ranks, tmp_path):
     """The same global batch (128 tokens: 1 process x 2 micro-batches of 4 rows, or 2 ranks x 4 rows) and the same
     11 validation rows (`global_eval_tokens`, split across the ranks: the last global batch leaves rank 1 nothing,
     so it scores a row with no target while rank 0 scores three) give the single process's val_loss and val_bpb in
     every parallel mode. Validation counted per rank, two ranks scored twice the rows of one process."""
-    modes = ("ddp", "zero1", "fsdp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "tests.integration.dist_worker", str(tmp_path), "4", *(f"{m}:adamw:global" for m in modes)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     single = train(W.model_config(), W.train_config("adamw", 4, **W.GLOBAL), ParallelConfig(),
                    W.job(tmp_path, "single-global"))
-    for mode in modes:
-        got = json.loads((tmp_path / W.run_name(mode, "adamw", global_=True) / "train_info.json").read_text())
+    for mode in MODES:
+        got = json.loads((ranks / W.run_name(mode, "adamw", global_=True) / "train_info.json").read_text())
         for key in ("val_loss", "val_bpb"):
             assert got[key] == pytest.approx(single[key], abs=1e-6), (mode, key, got[key], single[key])
 
 
 @pytest.mark.slow
-def test_ddp_with_mixture_of_experts_matches_one_process(tmp_path):
+def test_ddp_with_mixture_of_experts_matches_one_process(ranks, tmp_path):
     """Expert token counts are summed over ranks before the bias step, so both ranks take the single process's
     balancing step; with latent attention, recomputation and the sequence balance loss on, ddp, zero1 and fsdp
     (experts sharded along the expert dimension) still follow the single process."""
     train(W.model_config(moe=True), W.train_config("adamw", 8, activation_checkpointing="full"), ParallelConfig(),
           W.job(tmp_path / "single", "none-adamw-moe"))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "tests.integration.dist_worker", str(tmp_path), "4", "ddp:adamw:moe", "zero1:adamw:moe",
-           "fsdp:adamw:moe"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for mode in ("ddp", "zero1", "fsdp"):  # expert_bias included in the weights compared
-        assert_same_run(tmp_path, f"{mode}-adamw-moe", tmp_path / "single" / "none-adamw-moe")
+    for mode in MODES:  # expert_bias included in the weights compared
+        assert_same_run(ranks, f"{mode}-adamw-moe", tmp_path / "single" / "none-adamw-moe")
 
     def load_curve(live: Path) -> list[str]:
         rows = csv.DictReader(open(live / "plots/metrics/moe/load_max_mean.tsv"), delimiter="\t")
         return [r["load_max_mean"] for r in rows]
 
     # the same global counts on every step: the ranks' counts were summed, not taken from one rank
-    assert load_curve(tmp_path / "ddp-adamw-moe_live") == load_curve(tmp_path / "single" / "none-adamw-moe_live")
+    assert load_curve(ranks / "ddp-adamw-moe_live") == load_curve(tmp_path / "single" / "none-adamw-moe_live")
 
 
 @pytest.mark.slow

@@ -1,4 +1,6 @@
-"""`dvc exp run -S data.source=local -S data.paths=[...]` trains end to end on a folder of text files."""
+"""`dvc exp run -S data.source=local -S data.paths=[...]` pretrains on a folder of text files: download, tokenizer,
+shards and pretraining from the files (the stages after pretraining read its model whatever the corpus; the tiny
+pipeline's own test runs them)."""
 
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def test_exp_run_on_a_folder_of_text_files(tmp_path: Path):
                GIT_COMMITTER_EMAIL="t@t")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "base"]):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
-    out = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "data.source=local",
+    out = run([sys.executable, "-m", "dvc", "exp", "run", "pretrain", "-S", "data.source=local",
                "-S", f"data.paths=[{texts}]"], repo)
     assert {"download_pretrain", "train_tokenizer", "tokenize", "pretrain"} <= set(
         re.findall(r"Running stage '([^']+)'", out))

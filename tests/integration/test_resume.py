@@ -69,8 +69,9 @@ def assert_identical(repo: Path, ref: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_killed_after_checkpoint_resumes_bit_identical(repo, optimizer):
+def test_killed_after_checkpoint_resumes_bit_identical(repo):
+    # Muon: its momentum on the hidden matrices and AdamW's moments on the rest both resume (AdamW alone: the next test)
+    optimizer = "muon"
     set_optimizer(repo, optimizer)
     ref = reference(repo, optimizer)
     shutil.rmtree(repo / "models/pretrain", ignore_errors=True)

@@ -82,3 +82,23 @@ def test_step_lines_use_fixed_decimals():
     assert line == ("loss 1.2346  lr 0.000060  grad_norm 0.4123  tokens_per_sec 17,051  val_loss 1.2000  "
                     "val_bpb 0.1877")
     assert "e+" not in line and "e-" not in line
+
+
+def test_a_folder_is_swapped_in_whole_or_not_at_all(tmp_path):
+    """files.atomic_dir (exports, models/init): a block that fails leaves the previous folder and no scratch folder;
+    one that ends replaces the folder with exactly what it built."""
+    from llm_core.files import atomic_dir
+
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "old.txt").write_text("previous")
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("the export failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["export"] and (out / "old.txt").read_text() == "previous"
+    with atomic_dir(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["export"]
+    with atomic_dir(tmp_path / "fresh" / "nested") as tmp:  # a folder that did not exist, parents included
+        (tmp / "a").write_text("a")
+    assert (tmp_path / "fresh" / "nested" / "a").read_text() == "a"
