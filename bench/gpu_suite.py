@@ -125,7 +125,8 @@ PARTS = (
     Part("train_step_triton", "train_step.py",
          full=["--preset", "124m", "--attention", "triton", "--baseline", "none", "--compile", "false",
                "--steps", "10", "--warmup", "2"], quick=None,
-         tiny=_TINY_TRAIN + ["--attention", "triton", "--baseline", "none", "--steps", "1", "--warmup", "0"],
+         tiny=_TINY_TRAIN + ["--attention", "triton", "--baseline", "none", "--steps", "1", "--warmup", "0",
+                            "--batch-size", "1"],  # the interpreter runs every program of the grid: one row
          limit_s=60, default=False),
 )
 

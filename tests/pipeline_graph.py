@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def _package_of(path: Path) -> str:
     return ".".join(parts[:-1])
 
 
-def _imports(path: Path) -> set[str]:
+@functools.cache  # the graph tests ask for the same closures many times; the sources do not change meanwhile
+def _imports(path: Path) -> frozenset[str]:
     """Dotted names of our modules that `path` imports anywhere in its source."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found: set[str] = set()
@@ -55,7 +57,7 @@ def _imports(path: Path) -> set[str]:
             parts = name.split(".")
             for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
                 found.add(".".join(parts[:i]))
-    return {m for m in found if _module_file(m) is not None}
+    return frozenset(m for m in found if _module_file(m) is not None)
 
 
 def closure(script: Path) -> set[Path]:
