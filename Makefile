@@ -21,8 +21,8 @@ install: $(VENV)/.installed
 repro: install
 	$(RUN) $(BIN)/dvc repro
 
-# the suite on TEST_WORKERS processes (pytest-xdist); the tests that copy the one tiny `dvc repro` run go to one
-# worker as a group (tests/integration/conftest.py `dvc_run`), the others share the rest
+# the suite on TEST_WORKERS processes (pytest-xdist); tests that share a costly fixture (the one tiny `dvc repro` run
+# the DVC tests copy, ...) go to one worker as a group (tests/groups.py), the others share the rest
 TEST_WORKERS ?= 2
 test: install
 	$(RUN) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup

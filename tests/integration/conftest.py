@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -42,7 +41,6 @@ def pytest_collection_modifyitems(config, items):
     """Under `make test` (pytest-xdist, --dist loadgroup) the tests of the shared run go to one worker, which makes
     the run once and then works through them, while the other workers take the rest: none waits for the run. A new
     test of the run must join the group (tests/groups.py)."""
-
     for item in items:
         if "dvc_run" in getattr(item, "fixturenames", ()) and xdist_group(item.nodeid) != "dvc_run":
             raise pytest.UsageError(f"{item.nodeid} uses the shared dvc run: add it to XDIST_GROUPS in "
@@ -51,16 +49,4 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def dvc_run(tmp_path_factory) -> DvcRun:
-    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process
-        return run_pipeline(tmp_path_factory.mktemp("dvc_run"))
-    # under pytest-xdist the workers share one run: the first to get here makes it, any other waits for it and reads
-    # it (every test works on a copy); with --dist loadgroup only one worker gets here
-    from filelock import FileLock
-
-    root = tmp_path_factory.getbasetemp().parent / "dvc_run_shared"
-    with FileLock(str(root) + ".lock"):
-        if not (root / "output.txt").exists():
-            root.mkdir(exist_ok=True)
-            run = run_pipeline(root)
-            (root / "output.txt").write_text(run.output)
-        return DvcRun(root / "repo", (root / "output.txt").read_text(), root / "params_read.jsonl")
+    return run_pipeline(tmp_path_factory.mktemp("dvc_run"))
