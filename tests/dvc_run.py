@@ -58,12 +58,17 @@ def run_pipeline(root: Path, umask: int = 0o022) -> DvcRun:
     return DvcRun(repo, out.stdout + out.stderr, trace)
 
 
-def copy_run(run: DvcRun, dst: Path) -> Path:
-    """A copy of the run (workspace, git history and DVC cache) that a test may change."""
+def copy_repo(src: Path, dst: Path) -> Path:
+    """A copy of a DVC project (workspace, git history and DVC cache) that a test may change."""
     def skip_dvc_tmp(folder: str, names: list[str]) -> list[str]:  # locks and the state db of the original
-        return ["tmp"] if Path(folder) == run.path / ".dvc" else []
+        return ["tmp"] if Path(folder) == src / ".dvc" else []
 
-    return Path(shutil.copytree(run.path, dst, symlinks=True, ignore=skip_dvc_tmp))
+    return Path(shutil.copytree(src, dst, symlinks=True, ignore=skip_dvc_tmp))
+
+
+def copy_run(run: DvcRun, dst: Path) -> Path:
+    """A copy of the run that a test may change."""
+    return copy_repo(run.path, dst)
 
 
 def snapshot(repo: Path) -> dict[str, tuple[str, int]]:

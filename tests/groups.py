@@ -4,7 +4,7 @@ and tests/integration/conftest.py (the check that every test of the shared dvc r
 
 from __future__ import annotations
 
-# nodeid prefix -> group; every other test is balanced on its own. Prefixes, not xdist_group marks: pytest 9.2 ignores
+# nodeid prefix -> group (the first prefix that matches); every other test is balanced on its own. Prefixes, not xdist_group marks: pytest 9.2 ignores
 # the node id suffix by which pytest-xdist 3.8 groups marked tests.
 XDIST_GROUPS = {
     "tests/integration/test_pipeline.py::": "dvc_run",
@@ -12,8 +12,10 @@ XDIST_GROUPS = {
     "tests/integration/test_evaluation_only.py::": "dvc_run",
     "tests/integration/test_reproduction.py::": "dvc_run",
     "tests/integration/test_sharing.py::": "dvc_run",
+    # the tokenized project (tests/integration/conftest.py `tokenized`) and the resume tests' uninterrupted run
+    "tests/integration/test_distributed.py::test_dvc_repro_pretrain_with_fsdp": "tokenized",
+    "tests/integration/test_resume.py::": "tokenized",
     "tests/integration/test_distributed.py::": "distributed",  # the references and the one torchrun launch
-    "tests/integration/test_resume.py::": "resume",  # the tokenized project and the uninterrupted runs
 }
 
 

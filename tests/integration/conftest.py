@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.dvc_run import DvcRun, run_pipeline
 from tests.groups import xdist_group
-from tests.helpers import ROOT, set_params, stage, tiny_params
+from tests.helpers import ROOT, pipeline_copy, run_ok, set_params, stage, tiny_params
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +23,16 @@ def base(tmp_path_factory) -> Path:
     stage(repo, "stages.train_tokenizer", "data/raw/pretrain", "models/tokenizer")
     stage(repo, "stages.tokenize", "pretrain", "--raw", "data/raw/pretrain", "--tokenizer", "models/tokenizer",
           "--out", "data/tokens/pretrain")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def tokenized(tmp_path_factory) -> Path:
+    """The project with tiny params after `dvc repro tokenize download_probe` (data, tokenizer and shards), for the
+    tests that run `dvc repro pretrain` on a copy (tests/dvc_run.py `copy_repo`) with their own pretrain and
+    parallel keys: only the pretrain stage runs there."""
+    repo = pipeline_copy(tmp_path_factory.mktemp("tokenized") / "repo", tiny_params())
+    run_ok([sys.executable, "-m", "dvc", "repro", "tokenize", "download_probe"], repo)  # every input of pretrain
     return repo
 
 

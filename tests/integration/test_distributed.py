@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,7 +26,8 @@ import yaml
 from llm_core import distributed
 from llm_core.config import ParallelConfig
 from llm_core.training.loop import train
-from tests.helpers import pipeline_copy, tiny_params
+from tests.dvc_run import copy_repo
+from tests.helpers import set_params, tiny_params
 from tests.integration import dist_worker as W
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,16 +157,18 @@ TINY = tiny_params(pretrain={"steps": 4, "eval_every": 2, "global_eval_tokens": 
 
 
 @pytest.mark.slow
-def test_dvc_repro_pretrain_with_fsdp_on_two_cpu_processes(tmp_path):
+def test_dvc_repro_pretrain_with_fsdp_on_two_cpu_processes(tokenized, tmp_path):
     # global_eval_tokens past the validation rows: every validation pass ends on a partial global batch
-    pipeline_copy(tmp_path, TINY)
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "pretrain"], cwd=tmp_path, env=env(),
+    repo = copy_repo(tokenized, tmp_path / "repo")  # data, tokenizer and shards made: pretrain alone runs
+    set_params(repo, TINY)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "pretrain"], cwd=repo, env=env(),
                           capture_output=True, text=True, timeout=400)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
+    assert re.findall(r"Running stage '([^']+)'", out) == ["pretrain"]
     assert "torch.distributed.run --nproc-per-node=2" in out
-    info = yaml.safe_load((tmp_path / "models/pretrain/train_info.json").read_text())
+    info = yaml.safe_load((repo / "models/pretrain/train_info.json").read_text())
     assert info["steps"] == 4 and info["tokens"] == 4 * 512  # 2 ranks x 4 x 32 tokens, derived grad_accum 2
-    metrics = yaml.safe_load((tmp_path / "metrics/pretrain.json").read_text())
+    metrics = yaml.safe_load((repo / "metrics/pretrain.json").read_text())
     assert "val_loss" in metrics and "steps" not in metrics  # counters stay out of the compared metrics
-    assert (tmp_path / "models/pretrain/model.safetensors").exists()
+    assert (repo / "models/pretrain/model.safetensors").exists()

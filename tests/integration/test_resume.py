@@ -19,7 +19,8 @@ import safetensors.torch
 import torch
 
 from llm_core.training.checkpoint import FAULT_ENV
-from tests.helpers import pipeline_copy, set_params, tiny_params
+from tests.dvc_run import copy_repo
+from tests.helpers import set_params, tiny_params
 
 # 6 steps, checkpoints at 2, 4 and 6 (two kept); fp32 eager on one thread: bit-identical reruns
 TINY = tiny_params(pretrain={"checkpoint_every": 2, "keep_checkpoints": 2, "precision": "fp32", "compile": False,
@@ -44,9 +45,9 @@ def set_optimizer(repo: Path, optimizer: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    dst = pipeline_copy(tmp_path_factory.mktemp("resume"), TINY)
-    run(["-m", "dvc", "repro", "tokenize"], dst)
+def repo(tokenized, tmp_path_factory) -> Path:
+    dst = copy_repo(tokenized, tmp_path_factory.mktemp("resume") / "repo")
+    set_params(dst, TINY)
     return dst
 
 
@@ -70,10 +71,10 @@ def assert_identical(repo: Path, ref: dict) -> None:
 
 @pytest.mark.slow
 def test_killed_after_checkpoint_resumes_bit_identical(repo):
-    # Muon: its momentum on the hidden matrices and AdamW's moments on the rest both resume (AdamW alone: the next test)
-    optimizer = "muon"
-    set_optimizer(repo, optimizer)
-    ref = reference(repo, optimizer)
+    # Muon: its momentum on the hidden matrices and AdamW's moments on the rest both resume (AdamW alone:
+    # tests/unit/test_train.py, in one process)
+    set_optimizer(repo, "muon")
+    ref = reference(repo, "muon")
     shutil.rmtree(repo / "models/pretrain", ignore_errors=True)
     run(["-m", "dvc", "repro", "pretrain"], repo, fault="after_checkpoint:4", ok=False)
     ckpts = sorted(p.name for p in (repo / "models/pretrain/checkpoints").iterdir())
@@ -86,8 +87,8 @@ def test_killed_after_checkpoint_resumes_bit_identical(repo):
 
 @pytest.mark.slow
 def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(repo):
-    set_optimizer(repo, "adamw")
-    ref = reference(repo, "adamw")
+    set_optimizer(repo, "muon")
+    ref = reference(repo, "muon")  # the uninterrupted run of the test above
     shutil.rmtree(repo / "models/pretrain", ignore_errors=True)
     run(["-m", "dvc", "repro", "pretrain"], repo, fault="in_checkpoint:4", ok=False)
     root = repo / "models/pretrain/checkpoints"
