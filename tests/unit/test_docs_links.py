@@ -1,6 +1,7 @@
 """Every name the README and docs/*.md give a reader exists: repository paths (outputs the pipeline makes are checked
 against dvc.yaml's outs, metrics and plots, since they exist only after a run), `python -m` modules, dotted
-`llm_core.*` names, console commands, `make` targets, test ids, and links with their anchors (GitHub's slugs).
+`llm_core.*` names, console commands, `make` targets, test ids, links with their anchors (GitHub's slugs), and the
+params of every `dvc exp run -S ...` (the config reader takes them).
 A rename in the code then fails here instead of in front of a reader."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import ast
 import importlib.util
 import json
 import re
+import shlex
 import subprocess
 import tomllib
 from functools import cache
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from llm_core.config import ParamsError, load_params
 from tests.helpers import ROOT
 
 # first path components that name files of the repository itself
@@ -186,6 +189,34 @@ def link_problem(target: str, doc: Path, text: str) -> str | None:
     return None
 
 
+def exp_commands(text: str) -> list[str]:
+    """The arguments of every `dvc exp run` in `text`, backslash-continued lines joined; inline code ends at its
+    backtick, a shell line at its comment."""
+    commands = []
+    for m in re.finditer(r"dvc exp run\b", text):
+        parts = []
+        for line in text[m.end():].split("\n"):
+            parts.append(line.rstrip().removesuffix("\\"))
+            if not line.rstrip().endswith("\\"):
+                break
+        commands.append(" ".join(parts).split("`")[0].split(" #")[0])
+    return commands
+
+
+def exp_problem(args: str) -> str | None:
+    """Why the config reader refuses the `-S key=value` params of one `dvc exp run` (DVC parses each value as YAML),
+    or None; a value with a <placeholder> is not checked."""
+    tokens = shlex.split(args)
+    sets = [tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t in ("-S", "--set-param")]
+    if any("<" in s for s in sets):
+        return None
+    try:
+        load_params(ROOT / "params.yaml", {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)})
+    except ParamsError as e:
+        return f"dvc exp run{args}: {e}"
+    return None
+
+
 def dangling(text: str, doc: Path) -> list[str]:
     """Every name in `text` (a Markdown file at `doc`) that does not exist, with why."""
     problems = []
@@ -201,6 +232,7 @@ def dangling(text: str, doc: Path) -> list[str]:
     problems += [None if target in make_targets() else f"make {target}: no such target in the Makefile"
                  for _, target in MAKE_RE.findall(text)]
     problems += [link_problem(target, doc, text) for target in LINK_RE.findall(prose(text))]
+    problems += [exp_problem(args) for args in exp_commands(text)]
     return list(dict.fromkeys(p for p in problems if p))
 
 
@@ -222,12 +254,18 @@ make nothing
 llm-nothing --help
 ```
 `llm_core.attention.attention(q, k, v)` and `llm_core.training.loop.no_such_name`; outputs `models/nowhere/x.json`,
-`metrics/runtime/{pretrain,nothing}.json`; `tests/unit/test_graph.py::test_no_such_test`.
+`metrics/runtime/{pretrain,nothing}.json`; `tests/unit/test_graph.py::test_no_such_test`;
+`dvc exp run -S pretrain.stepz=5`, and
+```bash
+dvc exp run -S model.dropout=0.2 \\
+            -S pretrain.lr=-1   # a comment
+```
 """
     problems = dangling(text, ROOT / "README.md")
     names = ("llm_core/model.py", "#no-such-heading", "docs/nothing.md", "python -m llm_core.nothing",
              "defines no nothing", "make nothing", "llm-nothing", "llm_core.attention.attention",
-             "defines no no_such_name", "models/nowhere/x.json", "metrics/runtime/nothing.json", "test_no_such_test")
+             "defines no no_such_name", "models/nowhere/x.json", "metrics/runtime/nothing.json", "test_no_such_test",
+             "unknown key pretrain.stepz", "pretrain.lr must be > 0")
     for name in names:
         assert any(name in p for p in problems), (name, problems)
     assert all(any(name in p for name in names) for p in problems), problems
@@ -238,7 +276,8 @@ def test_real_names_of_each_kind_pass():
 `python -m llm_core.export`, `make repro`, `make chat ARGS="--model models/pretrain"`, `llm-chat`,
 `models/<stage>/checkpoints/step_XXXXXXX/`, `metrics/runtime/{pretrain,sft,sample}.json`, `data/raw/<kind>/info.json`,
 `dvclive/pretrain/plots/metrics/val/ppl.tsv`, [evaluation](docs/evaluation.md#running-it), [top](#a-heading-with-code),
-`tests/unit/test_graph.py`, ../shared/data, /shared/llm-core/dvc-storage.
+`tests/unit/test_graph.py`, ../shared/data, /shared/llm-core/dvc-storage,
+`dvc exp run -S model.dropout=0.2 -S 'data.paths=[books/]'`, `dvc exp run -S data.hf_revision=<commit sha>`.
 
 ## A heading with `code`
 ```bash
