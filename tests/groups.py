@@ -4,8 +4,8 @@ and tests/integration/conftest.py (the check that every test of the shared dvc r
 
 from __future__ import annotations
 
-# nodeid prefix -> group (the first prefix that matches); every other test is balanced on its own. Prefixes, not xdist_group marks: pytest 9.2 ignores
-# the node id suffix by which pytest-xdist 3.8 groups marked tests.
+# nodeid prefix -> group (the first prefix that matches); every other test is balanced on its own. Prefixes, not
+# xdist_group marks: pytest 9.2 ignores the node id suffix by which pytest-xdist 3.8 groups marked tests.
 XDIST_GROUPS = {
     "tests/integration/test_pipeline.py::": "dvc_run",
     "tests/integration/test_bad_input.py::test_a_mistake_inside_dvc_loses_nothing": "dvc_run",
