@@ -207,11 +207,11 @@ def test_a_mistake_inside_dvc_loses_nothing(dvc_run, tmp_path, case):
     assert "LLM_CORE_DEBUG=1 shows the traceback" in out
     # every output of every stage is as it was: the same bytes, the same mode
     assert snapshot(repo) == before
-    # so none is missing, which `dvc status` reports as "deleted"; asked of dvc itself in the row of the report
-    # (each `dvc status` costs a few seconds)
+    # so none is missing, which `dvc status` reports as "deleted"; asked of dvc itself in the row of the original
+    # report (each `dvc status` costs a few seconds)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert all((repo / out["path"]).exists() for st in lock["stages"].values() for out in st.get("outs", []))
-    if case == "non-UTF-8 local text":
+    if IN_DVC[case] is not_utf8:
         status = run_in(repo, "dvc", "status").stdout
         assert "deleted" not in status, status
 

@@ -22,9 +22,10 @@ from llm_core.training.checkpoint import FAULT_ENV
 from tests.dvc_run import copy_repo
 from tests.helpers import set_params, tiny_params
 
-# 6 steps, checkpoints at 2, 4 and 6 (two kept); fp32 eager on one thread: bit-identical reruns
+# 6 steps, checkpoints at 2, 4 and 6 (two kept); fp32 eager on one thread: bit-identical reruns. Muon: its momentum
+# on the hidden matrices and AdamW's moments on the rest both resume (AdamW alone: tests/unit/test_train.py)
 TINY = tiny_params(pretrain={"checkpoint_every": 2, "keep_checkpoints": 2, "precision": "fp32", "compile": False,
-                             "threads": 1})
+                             "threads": 1, "optimizer": "muon"})
 STAGE = ["-m", "stages.pretrain", "--tokens", "data/tokens/pretrain", "--tokenizer", "models/tokenizer",
          "--raw", "data/raw/pretrain"]
 
@@ -40,10 +41,6 @@ def run(cmd: list[str], cwd: Path, fault: str | None = None, ok: bool = True) ->
     return out
 
 
-def set_optimizer(repo: Path, optimizer: str) -> None:
-    set_params(repo, {"pretrain": {"optimizer": optimizer}})
-
-
 @pytest.fixture(scope="module")
 def repo(tokenized, tmp_path_factory) -> Path:
     dst = copy_repo(tokenized, tmp_path_factory.mktemp("resume") / "repo")
@@ -51,9 +48,10 @@ def repo(tokenized, tmp_path_factory) -> Path:
     return dst
 
 
-def reference(repo: Path, optimizer: str) -> dict:
-    """The uninterrupted run: the stage command itself, writing beside the pipeline's outputs."""
-    out = repo / "ref" / optimizer
+def reference(repo: Path) -> dict:
+    """The uninterrupted run (made once, shared by the tests): the stage command itself, beside the pipeline's
+    outputs."""
+    out = repo / "ref" / "uninterrupted"
     if not (out / "model.safetensors").exists():
         run(STAGE + ["--out", str(out), "--live", str(out) + "_live", "--metrics", str(out) + ".json"], repo)
     return safetensors.torch.load_file(str(out / "model.safetensors"))
@@ -71,10 +69,7 @@ def assert_identical(repo: Path, ref: dict) -> None:
 
 @pytest.mark.slow
 def test_killed_after_checkpoint_resumes_bit_identical(repo):
-    # Muon: its momentum on the hidden matrices and AdamW's moments on the rest both resume (AdamW alone:
-    # tests/unit/test_train.py, in one process)
-    set_optimizer(repo, "muon")
-    ref = reference(repo, "muon")
+    ref = reference(repo)
     shutil.rmtree(repo / "models/pretrain", ignore_errors=True)
     run(["-m", "dvc", "repro", "pretrain"], repo, fault="after_checkpoint:4", ok=False)
     ckpts = sorted(p.name for p in (repo / "models/pretrain/checkpoints").iterdir())
@@ -87,8 +82,7 @@ def test_killed_after_checkpoint_resumes_bit_identical(repo):
 
 @pytest.mark.slow
 def test_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(repo):
-    set_optimizer(repo, "muon")
-    ref = reference(repo, "muon")  # the uninterrupted run of the test above
+    ref = reference(repo)
     shutil.rmtree(repo / "models/pretrain", ignore_errors=True)
     run(["-m", "dvc", "repro", "pretrain"], repo, fault="in_checkpoint:4", ok=False)
     root = repo / "models/pretrain/checkpoints"
