@@ -167,6 +167,10 @@ BODY = _templates(
     "{pet} sat next to {Name} and looked at the {adj} {thing}.",
     ("It was {a} {weather} day at the {pl} {place}.", ("place",)),
     # The friend is named after "friend" every time: a rare fact, copied by the same induction as colour -> object.
+    # Two ways to meet one and ten sentences that bring one back put a friend in half of the stories, back 1.2 times
+    # in those. With one way and eight (a third of the stories, back 0.98 times) friends' names were copied too
+    # rarely to be told apart (mean cosine of their embeddings 0.77, pets' 0.34) and HellaSwag friend items scored
+    # 0.77 while every other kind scored 1.0 (bench/RESULTS.md).
     ("{Name} met {his} friend {friend}.", (), ("friend",)),
     ('{His} friend {friend} asked, "Can I play with your {color} {object}?"', ("friend",)),
     ("{Name} let {his} friend {friend} play with the {color} {object}.", ("friend",)),
@@ -182,6 +186,9 @@ BODY = _templates(
     ("{Name} and {his} friend {friend} laughed together.", ("friend",)),
     ("{His} friend {friend} ran after {pet} the {animal}.", ("friend",)),
     ("{Name} waved to {his} friend {friend}.", ("friend",)),
+    ("{Name} played with {his} friend {friend}.", (), ("friend",)),
+    ("{Name} and {his} friend {friend} sang a song.", ("friend",)),
+    ("{His} friend {friend} smiled at {pet} the {animal}.", ("friend",)),
     "{time}, {Name} and {pet} ran to the {pl} {place} together.",
     "{time}, {Name} drew a picture of {pet} the {animal}.",
     "{Name} wanted to show {pet} {a} {adj} {thing}.",
@@ -531,7 +538,7 @@ def generate_hellaswag(seed: int, num_items: int) -> list[dict]:
     distribution (a separate random stream, so not a training document), cut where a fact from ctx is repeated; the
     three wrong endings swap in another value of the same kind and so contradict ctx. The kinds of fact take turns
     (hero, colour, object, species, pet name, place, friend), so each kind has enough items to be scored on its own,
-    the rare ones (the friend is in a third of the stories) included."""
+    the rare ones (the friend is in half of the stories) included."""
     _check_count("num_items", num_items)
     rng = random.Random(f"hellaswag:{seed}")
     kinds = sorted(_ENTITIES)

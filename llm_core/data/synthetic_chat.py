@@ -50,7 +50,7 @@ def _story_questions(rng: random.Random) -> list[dict]:
     kinds = [k for k, (needs, _, _) in _QUESTIONS.items() if all(n in story.state for n in needs)]
     messages = []
     chosen = rng.sample(kinds, rng.randint(1, 3))
-    # A friend is in a third of the stories and comes back less than once in those, so the pretrained model copies it
+    # A friend is in half of the stories and comes back about once in those, so the pretrained model copies it
     # least reliably: a chat about a story with a friend always asks about the friend too.
     if "friend" in kinds and "friend" not in chosen:
         chosen[rng.randrange(len(chosen))] = "friend"
@@ -111,13 +111,17 @@ def _ask(fact: tuple[str, str, str]) -> tuple[str, str]:
 def _fact_chat(rng: random.Random) -> list[dict]:
     """Facts stated, then asked back, over up to four turns: a turn may state new facts (one or two of a kind) and ask
     about one of them or about an earlier one, or only ask about an earlier one. The shortest form of "find it in the
-    context", with distractors of the same kind: the model must bind each value to its own thing."""
+    context", with distractors of the same kind: the model must bind each value to its own thing. A conversation
+    keeps to one kind of fact (a turn switches with probability 0.2): a question about a pet among pets (or a toy among
+    toys) needs the binding, one about a pet among toys is answered by the question's form alone."""
     facts = _Facts(rng)
     messages: list[dict] = []
+    kind = rng.choice(("pet", "color"))
     for turn in range(rng.randint(1, 4)):
         stated: list[tuple[str, str, str]] = []
         if turn == 0 or rng.random() < 0.75:
-            kind = rng.choice(("pet", "color"))
+            if rng.random() < 0.2:
+                kind = "color" if kind == "pet" else "pet"
             stated = [facts.new(kind) for _ in range(rng.randint(1, 2))]
         earlier = [f for f in facts.told if f not in stated]
         target = rng.choice(stated) if stated and (not earlier or rng.random() < 0.6) else rng.choice(earlier)
